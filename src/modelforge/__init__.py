@@ -1,0 +1,67 @@
+"""model-forge: exact token usage and USD cost for every LLM call.
+
+Public names are imported lazily, so `import modelforge` stays fast and never pulls in
+LangChain or LlamaIndex.
+
+>>> import modelforge
+>>> modelforge.price("gpt-4o-mini", modelforge.Usage(input_tokens=1000, output_tokens=500)).total
+Decimal('0.00045')
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Usage": "modelforge.usage",
+    "extract_usage": "modelforge.usage",
+    "Cost": "modelforge.pricing.cost",
+    "price": "modelforge.pricing.cost",
+    "CallRecord": "modelforge.records",
+    "track_usage": "modelforge.session",
+    "UsageSession": "modelforge.session",
+    "flush": "modelforge.store",
+    "stats": "modelforge.store",
+    "UsageLog": "modelforge.store",
+    "UsageCallbackHandler": "modelforge.integrations.langchain",
+    "ModelForgeError": "modelforge.errors",
+    "UnknownModelError": "modelforge.errors",
+    "PriceTableError": "modelforge.errors",
+    "ConfigError": "modelforge.errors",
+    "UsageLogError": "modelforge.errors",
+    "PriceUpdateError": "modelforge.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from modelforge.errors import (
+        ConfigError,
+        ModelForgeError,
+        PriceTableError,
+        PriceUpdateError,
+        UnknownModelError,
+        UsageLogError,
+    )
+    from modelforge.integrations.langchain import UsageCallbackHandler
+    from modelforge.pricing.cost import Cost, price
+    from modelforge.records import CallRecord
+    from modelforge.session import UsageSession, track_usage
+    from modelforge.store import UsageLog, flush, stats
+    from modelforge.usage import Usage, extract_usage
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelforge' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,54 @@
+"""Errors raised by model-forge. Every one derives from `ModelForgeError`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ModelForgeError(Exception):
+    """Base class for every error model-forge raises on purpose."""
+
+
+class UnknownModelError(ModelForgeError, LookupError):
+    """No catalog entry matches the model id."""
+
+    def __init__(self, model: str, provider: str | None, close_matches: Sequence[str]) -> None:
+        self.model = model
+        self.provider = provider
+        self.close_matches = list(close_matches)
+        where = f" for provider {provider!r}" if provider else ""
+        hint = f"; close matches: {', '.join(self.close_matches)}" if self.close_matches else ""
+        super().__init__(f"unknown model {model!r}{where}{hint}")
+
+
+class PriceTableError(ModelForgeError, ValueError):
+    """A price table (bundled, models.dev or override) is malformed."""
+
+    def __init__(
+        self, source: str, message: str, *, model: str | None = None, field: str | None = None
+    ) -> None:
+        self.source = source
+        self.model = model
+        self.field = field
+        parts = [source]
+        if model:
+            parts.append(f"model {model!r}")
+        if field:
+            parts.append(f"field {field!r}")
+        super().__init__(f"{': '.join(parts)}: {message}")
+
+
+class ConfigError(ModelForgeError, ValueError):
+    """A setting (env var or config file) has a value we cannot use."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = setting
+        super().__init__(f"{setting}: {message}")
+
+
+class UsageLogError(ModelForgeError):
+    """The usage log cannot be opened or read."""
+
+
+class PriceUpdateError(ModelForgeError):
+    """Refreshing the models.dev catalog failed; the previous cache is kept."""

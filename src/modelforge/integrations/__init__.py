@@ -1,0 +1,1 @@
+"""Framework adapters. Each module here is the only place its framework is imported."""

@@ -1,0 +1,380 @@
+"""LangChain adapter: `UsageCallbackHandler` and the hook behind `track_usage()`.
+
+The handler only translates callback events into core calls: usage extraction,
+pricing and delivery live in framework-free modules.
+
+>>> from langchain_core.language_models.fake_chat_models import FakeListChatModel
+>>> from modelforge.langchain import UsageCallbackHandler
+>>> handler = UsageCallbackHandler(persist=False)
+>>> FakeListChatModel(responses=["hi"]).invoke("hello", config={"callbacks": [handler]}).content
+'hi'
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.tracers.context import register_configure_hook
+
+from modelforge import config, recorder
+from modelforge.estimate import estimate_usage, text_of
+from modelforge.records import CallRecord, clean_attrs, clean_tags, price_call, utc_now
+from modelforge.session import UsageSession
+from modelforge.usage import Usage, extract_usage, from_langchain
+
+__all__ = ["UsageCallbackHandler"]
+
+
+@dataclass(slots=True)
+class _Run:
+    started: float
+    ts: str
+    provider: str | None
+    model: str | None
+    parent_run_id: str | None
+    trace_id: str
+    agent: str | None
+    run_name: str | None
+    tags: tuple[str, ...]
+    attrs: dict[str, str]
+    operation: str
+    # Held only until the run ends, and only to estimate tokens when the provider
+    # reports none; never stored.
+    prompts: Any = None
+    first_token: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class UsageCallbackHandler(BaseCallbackHandler):
+    """Records every chat-model and LLM call it sees, priced, into the usage log.
+
+    Pass it as a callback (`config={"callbacks": [handler]}` or `callbacks=[handler]`
+    on the model); it works for sync and async calls, streams, batches, chains,
+    agents and LangGraph graphs. It never raises into your code.
+
+    Args:
+        persist: False keeps records out of the SQLite log (sessions still see them).
+        db: the log file; default `MODELFORGE_DB` or the user data dir.
+        metadata_keys: run-metadata keys copied into each record's attributes.
+    """
+
+    raise_error = False
+    run_inline = True  # our work is tiny; running inline avoids an executor hop
+
+    def __init__(
+        self,
+        *,
+        persist: bool = True,
+        db: Path | str | None = None,
+        metadata_keys: Sequence[str] | None = None,
+        sessions: Iterable[UsageSession] = (),
+    ) -> None:
+        super().__init__()
+        self.persist = persist
+        self.db = db
+        self.metadata_keys = tuple(
+            metadata_keys if metadata_keys is not None else config.load_settings().metadata_keys
+        )
+        self.sessions = tuple(sessions)
+        self._runs: dict[UUID, _Run] = {}
+        self._roots: dict[UUID, UUID] = {}
+        self._lock = threading.Lock()
+        self.errors = 0
+
+    # --- starts --------------------------------------------------------------------
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[Any]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            self._start(run_id, parent_run_id, serialized, messages, tags, metadata, kwargs, "chat")
+        except Exception as exc:
+            self._failed("on_chat_model_start", exc)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            self._start(
+                run_id, parent_run_id, serialized, prompts, tags, metadata, kwargs, "completion"
+            )
+        except Exception as exc:
+            self._failed("on_llm_start", exc)
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            self._remember_root(run_id, parent_run_id)
+        except Exception as exc:
+            self._failed("on_chain_start", exc)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            self._roots.pop(run_id, None)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            self._roots.pop(run_id, None)
+
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any],
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            self._remember_root(run_id, parent_run_id)
+        except Exception as exc:
+            self._failed("on_tool_start", exc)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            self._roots.pop(run_id, None)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            self._roots.pop(run_id, None)
+
+    def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self._runs.get(run_id)
+        if run is not None and run.first_token is None:
+            run.first_token = time.perf_counter()
+
+    # --- ends ----------------------------------------------------------------------
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        try:
+            self._finish(run_id, response, None)
+        except Exception as exc:
+            self._failed("on_llm_end", exc)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        try:
+            self._finish(run_id, kwargs.get("response"), error)
+        except Exception as exc:
+            self._failed("on_llm_error", exc)
+
+    # --- internals -----------------------------------------------------------------
+
+    def _remember_root(self, run_id: UUID, parent_run_id: UUID | None) -> UUID:
+        with self._lock:
+            root = self._roots.get(parent_run_id, parent_run_id) if parent_run_id else run_id
+            self._roots[run_id] = root
+            return root
+
+    def _start(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        serialized: dict[str, Any] | None,
+        prompts: Any,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+        operation: str,
+    ) -> None:
+        metadata = metadata or {}
+        params = kwargs.get("invocation_params") or {}
+        model = (
+            metadata.get("ls_model_name")
+            or params.get("model")
+            or params.get("model_name")
+            or params.get("model_id")
+            or params.get("deployment_name")
+        )
+        provider = metadata.get("ls_provider") or _provider_from_class(serialized)
+        root = self._remember_root(run_id, parent_run_id)
+        agent = metadata.get("langgraph_node") or metadata.get("agent")
+        attrs = clean_attrs({k: metadata[k] for k in self.metadata_keys if k in metadata})
+        run = _Run(
+            started=time.perf_counter(),
+            ts=utc_now(),
+            provider=provider if isinstance(provider, str) else None,
+            model=str(model) if model else None,
+            parent_run_id=str(parent_run_id) if parent_run_id else None,
+            trace_id=str(root),
+            agent=str(agent)[:256] if agent else None,
+            run_name=kwargs.get("name") if isinstance(kwargs.get("name"), str) else None,
+            tags=clean_tags(tags),
+            attrs=attrs,
+            operation=operation,
+            prompts=prompts,
+        )
+        with self._lock:
+            self._runs[run_id] = run
+
+    def _finish(
+        self, run_id: UUID, response: LLMResult | None, error: BaseException | None
+    ) -> None:
+        with self._lock:
+            run = self._runs.pop(run_id, None)
+            self._roots.pop(run_id, None)
+        if run is None:
+            return  # a run we never saw start; nothing reliable to record
+        ended = time.perf_counter()
+        usage, served_model, service_tier = read_llm_result(response)
+        estimate_method = None
+        if usage is None:
+            if error is None:
+                outputs = _output_texts(response)
+                usage, estimate_method = estimate_usage(
+                    _prompt_texts(run.prompts), outputs, served_model or run.model,
+                    chat=run.operation == "chat",
+                )
+            else:
+                usage = Usage()
+        if service_tier and not usage.service_tier:
+            usage = usage.model_copy(update={"service_tier": service_tier})
+        cost = price_call(usage, run.model, served_model, run.provider)
+        record = CallRecord(
+            run_id=str(run_id),
+            usage=usage,
+            cost=cost,
+            ts=run.ts,
+            framework="langchain",
+            operation=run.operation,
+            provider=run.provider,
+            model=run.model,
+            response_model=served_model,
+            status="error" if error is not None else "ok",
+            error_type=type(error).__name__ if error is not None else None,
+            latency_ms=round((ended - run.started) * 1000, 3),
+            ttft_ms=(
+                round((run.first_token - run.started) * 1000, 3)
+                if run.first_token is not None
+                else None
+            ),
+            estimate_method=estimate_method,
+            parent_run_id=run.parent_run_id,
+            trace_id=run.trace_id,
+            agent=run.agent,
+            run_name=run.run_name,
+            tags=run.tags,
+            attrs=run.attrs,
+        )
+        recorder.deliver(record, sessions=self.sessions, persist=self.persist, db=self.db)
+
+    def _failed(self, where: str, exc: BaseException) -> None:
+        self.errors += 1
+        recorder.report_error(f"UsageCallbackHandler.{where}", exc)
+
+
+def _provider_from_class(serialized: dict[str, Any] | None) -> str | None:
+    ids = (serialized or {}).get("id")
+    if isinstance(ids, list) and ids:
+        name = str(ids[-1]).lower()
+        for needle, provider in (
+            ("azure", "azure"),
+            ("openai", "openai"),
+            ("anthropic", "anthropic"),
+            ("bedrock", "amazon-bedrock"),
+            ("vertex", "google-vertex"),
+            ("google", "google"),
+            ("mistral", "mistral"),
+            ("groq", "groq"),
+            ("deepseek", "deepseek"),
+            ("xai", "xai"),
+        ):
+            if needle in name:
+                return provider
+    return None
+
+
+def read_llm_result(response: LLMResult | None) -> tuple[Usage | None, str | None, str | None]:
+    """Usage, served model and service tier from an `LLMResult`.
+
+    Sources, in order: the message's `usage_metadata`, the generation's
+    `generation_info`, then `llm_output["token_usage"]`. With `n>1` every generation
+    carries the same usage, so only the first one that has it counts.
+    """
+    if response is None:
+        return None, None, None
+    llm_output = response.llm_output or {}
+    served = llm_output.get("model_name") or llm_output.get("model")
+    tier = llm_output.get("service_tier")
+    usage: Usage | None = None
+    for generations in response.generations or []:
+        for generation in generations or []:
+            message = getattr(generation, "message", None) if isinstance(
+                generation, ChatGeneration
+            ) else None
+            meta = getattr(message, "response_metadata", None) or {}
+            served = served or meta.get("model_name") or meta.get("model")
+            tier = tier or meta.get("service_tier")
+            if usage is None:
+                metadata = getattr(message, "usage_metadata", None)
+                if metadata:
+                    usage = from_langchain(metadata)
+                elif generation.generation_info:
+                    info = generation.generation_info
+                    usage = extract_usage(info.get("usage") or info.get("token_usage"), tier)
+    if usage is None:
+        usage = extract_usage(llm_output.get("token_usage") or llm_output.get("usage"), tier)
+    return usage, str(served) if served else None, tier if isinstance(tier, str) else None
+
+
+def _prompt_texts(prompts: Any) -> list[str]:
+    texts: list[str] = []
+    for item in prompts or []:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, list):  # one prompt's messages
+            texts.extend(text_of(getattr(m, "content", "")) for m in item)
+    return texts
+
+
+def _output_texts(response: LLMResult | None) -> list[str]:
+    if response is None:
+        return []
+    return [g.text for gens in response.generations or [] for g in gens or [] if g.text]
+
+
+# --- track_usage() support -------------------------------------------------------------
+
+# One module-level var: a var per call would add a configure hook per call, forever
+# (langchain issue #32300).
+_tracking_handler: ContextVar[UsageCallbackHandler | None] = ContextVar(
+    "modelforge_langchain_handler", default=None
+)
+register_configure_hook(_tracking_handler, inheritable=True)
+
+
+def activate_tracking(stack: tuple[UsageSession, ...]) -> Callable[[], None]:
+    """Attach a handler feeding `stack` to every LangChain run in this context."""
+    token = _tracking_handler.set(UsageCallbackHandler(sessions=stack))
+    return lambda: _tracking_handler.reset(token)

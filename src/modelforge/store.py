@@ -1,0 +1,452 @@
+"""The local SQLite usage log and its background writer.
+
+Callers only put records on a queue. A daemon thread writes them in batches, within
+`FLUSH_INTERVAL` seconds, and everything queued is written at interpreter exit. When
+the file cannot be written (read-only, full disk, corrupted), records wait in memory up
+to `MAX_PENDING`, older ones are then dropped and counted, and writing resumes as soon
+as the file is usable again. One warning is logged, never one per call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from modelforge import config
+from modelforge.errors import UsageLogError
+from modelforge.migrations import COST_PART_COLUMNS, TOKEN_COLUMNS, migrations
+from modelforge.records import CallRecord
+
+logger = logging.getLogger("modelforge")
+
+FLUSH_INTERVAL = 0.2
+BATCH_SIZE = 5_000
+MAX_PENDING = 100_000
+RECENT_RUN_IDS = 200_000
+BUSY_TIMEOUT_MS = 30_000
+RETRY_DELAY = 1.0
+
+COLUMNS = (
+    "ts",
+    "run_id",
+    "parent_run_id",
+    "trace_id",
+    "framework",
+    "operation",
+    "provider",
+    "model",
+    "response_model",
+    "catalog_model",
+    *TOKEN_COLUMNS,
+    "cost_usd",
+    "cost_pusd",
+    *COST_PART_COLUMNS,
+    "priced",
+    "price_source",
+    "price_flags",
+    "estimated",
+    "estimate_method",
+    "cache_hit",
+    "service_tier",
+    "status",
+    "error_type",
+    "latency_ms",
+    "ttft_ms",
+    "agent",
+    "run_name",
+    "tags",
+    "attrs",
+    "anomalies",
+)
+_INSERT = (
+    f"INSERT OR IGNORE INTO calls ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(COLUMNS))})"
+)
+_PICO = Decimal(10) ** 12
+
+
+def money_text(amount: Decimal | None) -> str | None:
+    """Exact plain-decimal text without exponent or trailing zeros ('0.0035')."""
+    if amount is None:
+        return None
+    text = format(amount, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def to_pico(amount: Decimal | None) -> int | None:
+    return None if amount is None else int((amount * _PICO).to_integral_value())
+
+
+def record_row(record: CallRecord) -> tuple[Any, ...]:
+    """The `calls` row for a record, in `COLUMNS` order."""
+    usage, cost = record.usage, record.cost
+    priced = cost.priced
+    parts = (cost.input, cost.cache_read, cost.cache_write, cost.output, cost.reasoning, cost.audio)
+    return (
+        record.ts,
+        record.run_id,
+        record.parent_run_id,
+        record.trace_id,
+        record.framework,
+        record.operation,
+        record.provider,
+        record.model,
+        record.response_model,
+        cost.catalog_model,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.cache_write_1h_tokens,
+        usage.reasoning_tokens,
+        usage.input_audio_tokens,
+        usage.output_audio_tokens,
+        usage.total_tokens,
+        money_text(cost.total),
+        to_pico(cost.total),
+        *((money_text(p) if priced else None) for p in parts),
+        int(priced),
+        cost.source,
+        json.dumps(cost.flags) if cost.flags else None,
+        int(usage.estimated),
+        record.estimate_method,
+        int(usage.cache_hit),
+        usage.service_tier,
+        record.status,
+        record.error_type,
+        record.latency_ms,
+        record.ttft_ms,
+        record.agent,
+        record.run_name,
+        json.dumps(record.tags, ensure_ascii=False) if record.tags else None,
+        json.dumps(record.attrs, ensure_ascii=False) if record.attrs else None,
+        json.dumps(usage.anomalies) if usage.anomalies else None,
+    )
+
+
+# --- opening the file ---------------------------------------------------------------
+
+
+def open_db(path: Path, *, create: bool = True) -> Database:
+    """Open (and with `create`, make) the log: mode 0600, WAL, migrated.
+
+    Raises UsageLogError with a plain explanation for a missing, foreign or corrupted file.
+    """
+    path = Path(path)
+    if not create and not path.exists():
+        raise UsageLogError(f"no usage log at {path}")
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Create the file ourselves so it is private from the first byte; SQLite gives
+        # its -wal and -shm files the same mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise UsageLogError(f"cannot open usage log {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if create:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        db = Database(conn)
+        if create:
+            _migrate(db, path)
+        _check_schema(db, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise UsageLogError(
+                f"{path} is not a usable SQLite file ({exc}); move it aside and a new log "
+                "will be created"
+            ) from exc
+        raise UsageLogError(f"cannot use usage log {path}: {exc}") from exc
+    except UsageLogError:
+        conn.close()
+        raise
+    return db
+
+
+def _migrate(db: Database, path: Path) -> None:
+    if not migrations.pending(db):
+        return
+    # Processes that open a new file at once would race to create the table.
+    with _file_lock(path):
+        migrations.apply(db)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: SQLite's own locking must do
+        yield
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _check_schema(db: Database, path: Path) -> None:
+    table = db.table("calls")
+    if not table.exists():
+        raise UsageLogError(f"{path} is an SQLite file but not a model-forge usage log")
+    missing = set(COLUMNS) - set(table.columns_dict)
+    if missing:
+        raise UsageLogError(
+            f"{path} is not a model-forge usage log (missing columns: {', '.join(sorted(missing))})"
+        )
+
+
+# --- the writer ---------------------------------------------------------------------
+
+
+@dataclass
+class _Flush:
+    done: threading.Event
+    stop: bool = False
+
+
+@dataclass(frozen=True)
+class LogStats:
+    """Counters for one log since this process opened it."""
+
+    path: str
+    written: int
+    duplicates: int
+    dropped: int
+    errors: int
+    pending: int
+
+
+class UsageLog:
+    """One SQLite usage log file, written by a background thread."""
+
+    def __init__(self, path: Path | str, *, max_pending: int = MAX_PENDING) -> None:
+        self.path = Path(path)
+        self.max_pending = max_pending
+        self._queue: queue.SimpleQueue[CallRecord | _Flush] = queue.SimpleQueue()
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self._recent: dict[str, None] = {}
+        self._recent_lock = threading.Lock()
+        self._db: Database | None = None
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._failing = False
+        self._closed = False
+        self.written = self.duplicates = self.dropped = self.errors = 0
+
+    # The caller's side: cheap, never blocks on disk.
+    def submit(self, record: CallRecord) -> bool:
+        """Queue a record; False when this run_id was already queued here."""
+        run_id = record.run_id
+        with self._recent_lock:
+            if run_id in self._recent:
+                self.duplicates += 1
+                return False
+            self._recent[run_id] = None
+            if len(self._recent) > RECENT_RUN_IDS:
+                # dicts keep insertion order: drop the oldest half
+                for old in list(self._recent)[: RECENT_RUN_IDS // 2]:
+                    del self._recent[old]
+        if self._thread is None:
+            self._start()
+        self._queue.put(record)
+        return True
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until everything queued so far is written; False on timeout or failure."""
+        if self._thread is None or not self._thread.is_alive():
+            return not self._pending
+        marker = _Flush(threading.Event())
+        self._queue.put(marker)
+        return marker.done.wait(timeout) and not self._pending
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Write what is queued, then stop the writer and close the file."""
+        if self._thread is not None and self._thread.is_alive():
+            marker = _Flush(threading.Event(), stop=True)
+            self._queue.put(marker)
+            marker.done.wait(timeout)
+            self._thread.join(timeout)
+        self._closed = True
+
+    def stats(self) -> LogStats:
+        return LogStats(
+            str(self.path),
+            self.written,
+            self.duplicates,
+            self.dropped,
+            self.errors,
+            len(self._pending) + self._queue.qsize(),
+        )
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                thread = threading.Thread(
+                    target=self._run, name=f"modelforge-writer:{self.path.name}", daemon=True
+                )
+                thread.start()
+                self._thread = thread
+
+    # The writer's side.
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=RETRY_DELAY if self._pending else None)
+            except queue.Empty:
+                first = None
+            records: list[CallRecord] = []
+            markers: list[_Flush] = []
+            item: CallRecord | _Flush | None = first
+            while item is not None:
+                if isinstance(item, _Flush):
+                    markers.append(item)
+                else:
+                    records.append(item)
+                if len(records) >= BATCH_SIZE:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            self._write(records)
+            for marker in markers:
+                marker.done.set()
+            if any(m.stop for m in markers):
+                self._close_db()
+                return
+
+    def _write(self, records: list[CallRecord]) -> None:
+        rows = self._pending
+        for record in records:
+            try:
+                rows.append(record_row(record))
+            except Exception as exc:  # a record we built wrong must not stop the writer
+                self.errors += 1
+                config.warn_once(f"row:{type(exc).__name__}", f"skipped a bad record: {exc!r}")
+        if not rows:
+            return
+        try:
+            db = self._connect()
+            conn = db.conn
+            before = conn.total_changes
+            with conn:
+                conn.executemany(_INSERT, rows)
+            inserted = conn.total_changes - before
+            self.written += inserted
+            self.duplicates += len(rows) - inserted
+            rows.clear()
+            if self._failing:
+                self._failing = False
+                logger.warning("modelforge: usage log %s is writable again", self.path)
+        except (sqlite3.Error, OSError, UsageLogError) as exc:
+            self.errors += 1
+            self._close_db()
+            if not self._failing:
+                self._failing = True
+                logger.warning(
+                    "modelforge: cannot write usage log %s (%s); holding up to %d records in "
+                    "memory and retrying",
+                    self.path,
+                    exc,
+                    self.max_pending,
+                )
+            overflow = len(rows) - self.max_pending
+            if overflow > 0:
+                for _ in range(overflow):
+                    rows.popleft()
+                self.dropped += overflow
+
+    def _connect(self) -> Database:
+        if self._db is None:
+            self._db = open_db(self.path, create=True)
+        return self._db
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.conn.close()
+            self._db = None
+
+
+# --- the process-wide registry ------------------------------------------------------
+
+_logs: dict[Path, UsageLog] = {}
+_logs_lock = threading.Lock()
+
+
+def get_log(path: Path | str | None = None) -> UsageLog:
+    """The shared `UsageLog` for a path (default: `MODELFORGE_DB` or the data dir)."""
+    resolved = Path(path).expanduser() if path else config.default_db_path()
+    key = resolved.absolute()
+    log = _logs.get(key)
+    if log is None:
+        with _logs_lock:
+            log = _logs.get(key)
+            if log is None:
+                log = _logs[key] = UsageLog(resolved)
+    return log
+
+
+def flush(timeout: float | None = 10.0) -> bool:
+    """Write every queued record in every open log; False if any could not be written."""
+    return all([log.flush(timeout) for log in list(_logs.values())])
+
+
+def stats() -> dict[str, int]:
+    """Totals over every log this process has used: written, dropped, errors…"""
+    from modelforge import recorder
+
+    totals = {"written": 0, "duplicates": 0, "dropped": 0, "errors": 0, "pending": 0}
+    for log in list(_logs.values()):
+        s = log.stats()
+        for key in totals:
+            totals[key] += getattr(s, key)
+    totals["handler_errors"] = recorder.handler_errors()
+    totals["anomalies"] = recorder.anomaly_count()
+    return totals
+
+
+def close_all(timeout: float | None = 10.0) -> None:
+    with _logs_lock:
+        logs = list(_logs.values())
+        _logs.clear()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for log in logs:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        log.close(left)
+
+
+def _after_fork_in_child() -> None:
+    # The parent's writer threads do not exist in the child; start afresh.
+    global _logs_lock
+    _logs.clear()
+    _logs_lock = threading.Lock()
+
+
+atexit.register(close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
