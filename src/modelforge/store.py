@@ -167,7 +167,7 @@ def open_db(path: Path, *, create: bool = True) -> Database:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
         db = Database(conn)
-        if create:
+        if create or db.table("calls").exists():
             _migrate(db, path)
         _check_schema(db, path)
     except sqlite3.DatabaseError as exc:
@@ -219,6 +219,18 @@ def _check_schema(db: Database, path: Path) -> None:
         )
 
 
+def apply_retention(conn: sqlite3.Connection) -> int:
+    """Delete calls older than the configured `retention_days`, if set."""
+    days = config.load_settings().retention_days
+    if not days:
+        return 0
+    from datetime import timedelta
+
+    from modelforge.report import prune
+
+    return prune(conn, timedelta(days=days))
+
+
 # --- the writer ---------------------------------------------------------------------
 
 
@@ -254,6 +266,7 @@ class UsageLog:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._failing = False
+        self._retention_applied = False
         self._closed = False
         self.written = self.duplicates = self.dropped = self.errors = 0
 
@@ -383,6 +396,9 @@ class UsageLog:
     def _connect(self) -> Database:
         if self._db is None:
             self._db = open_db(self.path, create=True)
+            if not self._retention_applied:
+                self._retention_applied = True
+                apply_retention(self._db.conn)
         return self._db
 
     def _close_db(self) -> None:

@@ -364,15 +364,31 @@ def from_gemini(usage_metadata: Any) -> Usage:
 
 
 def from_bedrock(usage: Any) -> Usage:
-    """Bedrock Converse `usage`, whose `inputTokens` excludes cache reads and writes."""
+    """Bedrock Converse `usage`, whose `inputTokens` excludes cache reads and writes.
+
+    `cacheDetails` splits `cacheWriteInputTokens` by TTL (`5m` / `1h`), and 1-hour
+    writes cost more, so they are kept apart.
+    """
     b = _Builder()
     if not _shape_check(b, usage, "usage"):
         return b.build()
     uncached = b.count("inputTokens", field(usage, "inputTokens"))
     read = b.count("cacheReadInputTokens", field(usage, "cacheReadInputTokens"))
     written = b.count("cacheWriteInputTokens", field(usage, "cacheWriteInputTokens"))
+    by_ttl = {"5m": 0, "1h": 0}
+    details = field(usage, "cacheDetails")
+    if isinstance(details, (list, tuple)):
+        for detail in details:
+            ttl = field(detail, "ttl")
+            if isinstance(ttl, str) and ttl in by_ttl:
+                by_ttl[ttl] += b.count(f"cacheDetails[{ttl}]", field(detail, "inputTokens"))
+    # cacheWriteInputTokens is the sum of the TTL split; anything unsplit is 5-minute.
+    written = max(written, by_ttl["5m"] + by_ttl["1h"])
     b.counts.update(
-        input_tokens=uncached + read + written, cache_read_tokens=read, cache_write_tokens=written
+        input_tokens=uncached + read + written,
+        cache_read_tokens=read,
+        cache_write_tokens=written - by_ttl["1h"],
+        cache_write_1h_tokens=by_ttl["1h"],
     )
     b.add("output_tokens", "outputTokens", field(usage, "outputTokens"))
     return b.build()

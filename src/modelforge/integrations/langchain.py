@@ -170,7 +170,9 @@ class UsageCallbackHandler(BaseCallbackHandler):
         with self._lock:
             self._roots.pop(run_id, None)
 
-    def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_llm_new_token(
+        self, token: str | list[str | dict[str, Any]], *, run_id: UUID, **kwargs: Any
+    ) -> None:
         run = self._runs.get(run_id)
         if run is not None and run.first_token is None:
             run.first_token = time.perf_counter()

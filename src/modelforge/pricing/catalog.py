@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,11 @@ from typing import Any
 
 from modelforge import config
 from modelforge.errors import PriceTableError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 PRICE_FIELDS = (
     "input",
@@ -200,7 +206,7 @@ def _parse_model(
             mode_prices = _tier_prices(_parse_prices(mode["cost"], where, qualified, path, _BOTH), prices)
             for name in _mode_names(str(mode_name), mode):
                 modes.setdefault(name, mode_prices)
-    limit = model.get("limit") if isinstance(model.get("limit"), Mapping) else {}
+    limit: Mapping[str, Any] = model["limit"] if isinstance(model.get("limit"), Mapping) else {}
     return CatalogEntry(
         provider=provider,
         model_id=model_id,
@@ -313,8 +319,8 @@ def load_file(path: Path, *, strict: bool = True) -> tuple[list[CatalogEntry], l
         raise PriceTableError(str(path), f"cannot read: {exc.strerror or exc}") from None
     if path.suffix.lower() == ".toml":
         try:
-            data = config.tomllib.loads(raw_bytes.decode("utf-8"), parse_float=Decimal)
-        except (config.tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            data = tomllib.loads(raw_bytes.decode("utf-8"), parse_float=Decimal)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise PriceTableError(str(path), f"invalid TOML: {exc}") from None
     else:
         data = load_json_text(raw_bytes, str(path))

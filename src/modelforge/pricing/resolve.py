@@ -76,7 +76,7 @@ def normalise_provider(provider: str | None) -> str | None:
 
 def candidate_ids(model: str) -> Iterator[tuple[str, str | None]]:
     """Ids to try, best first, each with the provider it implies (if any)."""
-    text = model.strip().lower()
+    exact = text = model.strip().lower()
     hinted: str | None = None
     vertex = _VERTEX_PATH.search(text)
     if vertex:
@@ -88,6 +88,10 @@ def candidate_ids(model: str) -> Iterator[tuple[str, str | None]]:
                 text, hinted = rest, PROVIDER_ALIASES[head]
                 break
     yield text, hinted
+    if text != exact:
+        # Gateways list models under the vendor's prefix (Groq's `openai/gpt-oss-120b`),
+        # so the id as given must still be tried when the stripped one is not sold.
+        yield exact, None
     # Bedrock: strip the cross-region prefix, then vendor prefix and version suffix.
     regionless = _BEDROCK_REGION.sub("", text)
     if regionless != text:
@@ -140,6 +144,7 @@ class Resolver:
         self.catalog = catalog
         self.deployments = {k.lower(): v for k, v in (deployments or {}).items()}
         self._cache: dict[tuple[str, str | None], CatalogEntry | None] = {}
+        self._providers = catalog.providers()
 
     def resolve(self, model: str, provider: str | None = None) -> CatalogEntry | None:
         key = (model, provider)
@@ -147,7 +152,7 @@ class Resolver:
             return self._cache[key]
         except KeyError:
             pass
-        entry = self._resolve(model, normalise_provider(provider))
+        entry = self._resolve(model, self._provider(provider))
         if len(self._cache) > 50_000:  # model ids are few; this only guards against junk
             self._cache.clear()
         self._cache[key] = entry
@@ -158,7 +163,14 @@ class Resolver:
     ) -> CatalogEntry | None:
         mapped = self.deployments.get(model.strip().lower()) if follow_deployments else None
         if mapped:
-            return self._resolve(mapped, provider, follow_deployments=False)
+            # A deployment named in `[azure.deployments]` is billed by Azure.
+            return self._resolve(mapped, provider or "azure", follow_deployments=False)
+        if provider:
+            # The provider's own listing of the id exactly as given is the surest match;
+            # stripping a vendor prefix could land on a sibling id with another price.
+            exact = self.catalog.get(provider, model.strip())
+            if exact is not None:
+                return exact
         ids = list(candidate_ids(model))
         # A provider named by the caller beats one implied by a prefix; a provider that
         # has no entry for the model falls back to whoever sells it (e.g. a gateway).
@@ -170,6 +182,12 @@ class Resolver:
                 if entry is not None:
                     return entry
         return None
+
+    def _provider(self, provider: str | None) -> str | None:
+        """A provider id the catalog knows is kept as is; otherwise aliases apply."""
+        if provider and provider.strip().lower() in self._providers:
+            return provider.strip().lower()
+        return normalise_provider(provider)
 
     def close_matches(self, model: str, limit: int = 5) -> list[str]:
         first = next(candidate_ids(model))[0]

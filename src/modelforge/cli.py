@@ -1,0 +1,842 @@
+"""The `modelforge` command. Commands parse options, call one library function, print.
+
+Exit codes: 0 success, 2 bad usage (unknown --by, malformed date, missing --db file),
+1 any other failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from modelforge import __version__, config
+from modelforge.errors import ConfigError, ModelForgeError, UnknownModelError, UsageLogError
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+FORMATS = ("table", "json", "csv", "markdown")
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    # Piped output gets no ANSI codes (rich detects it); NO_COLOR is honoured by rich.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 200
+    return Console(file=stream, width=width, highlight=False)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into `Error: …` lines with the documented exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from modelforge.report import ReportError
+
+        try:
+            return fn(*args, **kwargs)
+        except ReportError as exc:
+            raise click.UsageError(str(exc)) from None
+        except (ConfigError, UsageLogError, ModelForgeError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- shared options -------------------------------------------------------------------
+
+
+def db_option(fn: F) -> F:
+    return click.option(
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Usage log file (default: MODELFORGE_DB or the user data dir).",
+    )(fn)
+
+
+def filter_options(fn: F) -> F:
+    options = [
+        click.option("--since", help="Only calls since: 7d, 24h, 30m, 2026-11-01 or ISO time."),
+        click.option("--until", help="Only calls before this time (same forms as --since)."),
+        click.option("--model", "model_glob", help="Model glob, e.g. 'gpt-4o*'."),
+        click.option("--provider", help="Provider, e.g. openai."),
+        click.option("--agent", help="Agent (LangGraph node or `agent` metadata)."),
+        click.option("--tag", help="Only calls carrying this tag."),
+        click.option(
+            "--where",
+            "where",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Attribute filter on the attrs JSON; repeatable.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def output_options(fn: F) -> F:
+    options = [
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMATS),
+            default="table",
+            show_default=True,
+            help="Output format.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Same as --format json."),
+        click.option("--csv", "as_csv", is_flag=True, help="Same as --format csv."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _pick_format(fmt: str, as_json: bool, as_csv: bool) -> str:
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv cannot be used together")
+    return "json" if as_json else "csv" if as_csv else fmt
+
+
+def _filters(
+    since: str | None,
+    until: str | None,
+    model_glob: str | None,
+    provider: str | None,
+    agent: str | None,
+    tag: str | None,
+    where: Sequence[str],
+) -> Any:
+    from modelforge.report import Filters, parse_when, parse_where
+
+    return Filters(
+        since=parse_when(since, "--since") if since else None,
+        until=parse_when(until, "--until") if until else None,
+        model=model_glob,
+        provider=provider,
+        agent=agent,
+        tag=tag,
+        where=parse_where(where),
+    )
+
+
+def _open_log(db: Path | None) -> Any:
+    """Open the log for reading. A missing --db file is bad usage (exit 2)."""
+    from modelforge.store import open_db
+
+    if db is not None:
+        if not db.exists():
+            raise click.UsageError(f"--db: no usage log at {db}")
+        return open_db(db, create=False).conn
+    path = config.default_db_path()
+    if not path.exists():
+        return None
+    return open_db(path, create=False).conn
+
+
+def _money(amount: Decimal | None) -> str:
+    from modelforge.store import money_text
+
+    return "—" if amount is None else f"${money_text(amount)}"
+
+
+# --- the group ------------------------------------------------------------------------
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="modelforge")
+def cli() -> None:
+    """model-forge: exact token usage and USD cost of your LLM calls.
+
+    Record calls with the LangChain handler, LlamaIndex instrumentation or
+    `with modelforge.track_usage():`, then see where the money went.
+
+    \b
+    Examples:
+      modelforge demo                      # try it: no API key, no network
+      modelforge usage --by day --by model
+      modelforge prices show gpt-4o
+      modelforge telemetry status
+
+    Shell completion: eval "$(_MODELFORGE_COMPLETE=bash_source modelforge)"
+    """
+
+
+def main() -> None:
+    cli()
+
+
+# --- usage ----------------------------------------------------------------------------
+
+
+@cli.group(invoke_without_command=True)
+@filter_options
+@click.option(
+    "--by",
+    "group_by",
+    multiple=True,
+    metavar="GROUP",
+    help="Group by day, week, month, hour, model, provider, agent, tag, trace or an "
+    "attribute key; repeatable.",
+)
+@output_options
+@click.option("--chart", is_flag=True, help="Draw cost per period as a terminal bar chart.")
+@click.option(
+    "--png",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the cost chart to a PNG file (needs matplotlib).",
+)
+@db_option
+@click.pass_context
+@handle_errors
+def usage(
+    ctx: click.Context,
+    since: str | None,
+    until: str | None,
+    model_glob: str | None,
+    provider: str | None,
+    agent: str | None,
+    tag: str | None,
+    where: tuple[str, ...],
+    group_by: tuple[str, ...],
+    fmt: str,
+    as_json: bool,
+    as_csv: bool,
+    chart: bool,
+    png: Path | None,
+    db: Path | None,
+) -> None:
+    """Report calls, tokens and cost from the usage log.
+
+    Records that were estimated (no usage from the provider) or unpriced (model not
+    in the price table) are counted and listed, never shown as $0.
+
+    \b
+    Examples:
+      modelforge usage --since 7d
+      modelforge usage --by day --by model --format json
+      modelforge usage --by agent --where project=search --chart
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from modelforge import report
+
+    fmt = _pick_format(fmt, as_json, as_csv)
+    filters = _filters(since, until, model_glob, provider, agent, tag, where)
+    groups = report.check_groups(group_by)
+    conn = _open_log(db)
+    if conn is None:
+        click.echo(f"No usage recorded yet (looked for {config.default_db_path()}).", err=True)
+        click.echo("Run `modelforge demo` to see a report, or record calls first.", err=True)
+        return
+    result = report.usage_report(conn, group_by, filters)
+    _print_report(result, fmt)
+    if chart or png:
+        period = next((g for g in groups if g in report.TIME_GROUPS), "day")
+        series = report.usage_report(conn, [period], filters)
+        points = [(str(r[period]), r["cost_usd"]) for r in series.rows]
+        if chart:
+            _draw_chart(points, period)
+        if png:
+            _write_png(points, period, png)
+            click.echo(f"Wrote {png}", err=True)
+
+
+_REPORT_COLUMNS = (
+    ("calls", "Calls"),
+    ("input_tokens", "Input"),
+    ("cache_read_tokens", "Cache read"),
+    ("cache_write_tokens", "Cache write"),
+    ("output_tokens", "Output"),
+    ("reasoning_tokens", "Reasoning"),
+    ("cost_usd", "Cost (USD)"),
+    ("cache_hit_rate", "Cache hit"),
+    ("estimated_calls", "Estimated"),
+    ("unpriced_calls", "Unpriced"),
+)
+
+
+def _print_report(result: Any, fmt: str) -> None:
+    keys = [g.removeprefix("attr:") for g in result.group_by]
+    if fmt == "json":
+        click.echo(json.dumps(result.as_json(), indent=2))
+        return
+    rows = [*result.rows, {**dict.fromkeys(keys, None), **result.totals}]
+    labels = [{k: ("TOTAL" if i == 0 else "") for i, k in enumerate(keys)}] if keys else [{}]
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(keys + [c for c, _ in _REPORT_COLUMNS])
+        for n, row in enumerate(rows):
+            last = n == len(rows) - 1
+            key_cells = [labels[0][k] if last else _cell(row[k]) for k in keys]
+            writer.writerow(key_cells + [_cell(row[c]) for c, _ in _REPORT_COLUMNS])
+        return
+    header = [k.capitalize() for k in keys] + [title for _, title in _REPORT_COLUMNS]
+    body = []
+    for n, row in enumerate(rows):
+        last = n == len(rows) - 1
+        key_cells = [labels[0][k] if last else _cell(row[k]) for k in keys]
+        body.append(key_cells + [_display(c, row[c]) for c, _ in _REPORT_COLUMNS])
+    if fmt == "markdown":
+        click.echo(_markdown(header, body))
+    else:
+        from rich.table import Table
+
+        table = Table(show_footer=False)
+        for i, title in enumerate(header):
+            table.add_column(title, justify="left" if i < len(keys) else "right")
+        for n, cells in enumerate(body):
+            table.add_row(*cells, end_section=n == len(body) - 2)
+        _console().print(table)
+    if result.unpriced:
+        click.echo("\nUnpriced calls (not in the price table, not counted as $0):")
+        for item in result.unpriced:
+            click.echo(f"  {item['model'] or 'unknown'} ({item['provider'] or '?'}): {item['calls']}")
+    estimated = result.totals["estimated_calls"]
+    if estimated:
+        click.echo(f"\n{estimated} call(s) have estimated token counts (no usage from provider).")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _display(column: str, value: Any) -> str:
+    if column == "cost_usd":
+        return _money(value)
+    if column == "cache_hit_rate":
+        return f"{value:.1%}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return _cell(value)
+
+
+def _markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def _draw_chart(points: list[tuple[str, Decimal]], period: str, width: int = 40) -> None:
+    click.echo(f"\nCost per {period}")
+    if not points:
+        click.echo("  (no calls)")
+        return
+    top = max((cost for _, cost in points), default=Decimal(0))
+    label_width = max(len(label) for label, _ in points)
+    for label, cost in points:
+        bar = "█" * (int(cost / top * width) if top else 0)
+        click.echo(f"  {label.ljust(label_width)} {bar} {_money(cost)}")
+
+
+def _write_png(points: list[tuple[str, Decimal]], period: str, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise click.ClickException(
+            "--png needs matplotlib: pip install 'model-forge[chart]'"
+        ) from None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar([p[0] for p in points], [float(p[1]) for p in points])  # float only for drawing
+    ax.set_ylabel("USD")
+    ax.set_title(f"Cost per {period}")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@usage.command("calls")
+@filter_options
+@click.option("-n", "--count", default=20, show_default=True, help="How many calls to show.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@db_option
+@handle_errors
+def usage_calls(
+    since: str | None,
+    until: str | None,
+    model_glob: str | None,
+    provider: str | None,
+    agent: str | None,
+    tag: str | None,
+    where: tuple[str, ...],
+    count: int,
+    as_json: bool,
+    db: Path | None,
+) -> None:
+    """List recent calls, newest first.
+
+    \b
+    Examples:
+      modelforge usage calls -n 5
+      modelforge usage calls --model 'claude*' --json
+    """
+    from modelforge import report
+
+    if count < 1:
+        raise click.UsageError("-n/--count must be at least 1")
+    filters = _filters(since, until, model_glob, provider, agent, tag, where)
+    conn = _open_log(db)
+    rows = report.recent_calls(conn, count, filters) if conn is not None else []
+    if as_json:
+        for row in rows:
+            row["tags"] = json.loads(row["tags"]) if row["tags"] else []
+            row["attrs"] = json.loads(row["attrs"]) if row["attrs"] else {}
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table()
+    for title in ("Time (UTC)", "Model", "Provider", "Input", "Cached", "Output", "Cost", "Status"):
+        table.add_column(title, justify="right" if title in ("Input", "Cached", "Output", "Cost") else "left")
+    for row in rows:
+        cost = _money(Decimal(row["cost_usd"])) if row["cost_usd"] else "unpriced"
+        status = row["status"] + (" (est.)" if row["estimated"] else "")
+        table.add_row(
+            row["ts"][:19].replace("T", " "),
+            row["response_model"] or row["model"] or "?",
+            row["provider"] or "",
+            f"{row['input_tokens']:,}",
+            f"{row['cache_read_tokens']:,}",
+            f"{row['output_tokens']:,}",
+            cost,
+            status,
+        )
+    _console().print(table)
+
+
+@usage.command("export")
+@filter_options
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File (default stdout)."
+)
+@db_option
+@handle_errors
+def usage_export(
+    since: str | None,
+    until: str | None,
+    model_glob: str | None,
+    provider: str | None,
+    agent: str | None,
+    tag: str | None,
+    where: tuple[str, ...],
+    fmt: str,
+    output: Path | None,
+    db: Path | None,
+) -> None:
+    """Stream every matching call as CSV or JSON Lines, in constant memory.
+
+    \b
+    Examples:
+      modelforge usage export --format jsonl > calls.jsonl
+      modelforge usage export --since 30d -o last-month.csv
+    """
+    from modelforge import report
+
+    filters = _filters(since, until, model_glob, provider, agent, tag, where)
+    conn = _open_log(db)
+    if conn is None:
+        return
+    names, rows = report.export_rows(conn, filters)
+    stream: Any = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        _write_rows(stream, fmt, names, rows)
+    finally:
+        if output:
+            stream.close()
+
+
+def _write_rows(stream: io.TextIOBase, fmt: str, names: list[str], rows: Iterable[Any]) -> None:
+    if fmt == "csv":
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(rows)
+        return
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    for row in rows:
+        stream.write(dumps(dict(zip(names, row))) + "\n")
+
+
+@usage.command("prune")
+@click.option("--older-than", required=True, help="Delete calls older than this: 90d, 12h, 4w.")
+@db_option
+@handle_errors
+def usage_prune(older_than: str, db: Path | None) -> None:
+    """Delete old calls from the log (retention).
+
+    Set `retention_days = 90` in config.toml to prune automatically.
+
+    \b
+    Example:
+      modelforge usage prune --older-than 90d
+    """
+    from modelforge import report
+
+    age = report.parse_age(older_than)
+    conn = _open_log(db)
+    deleted = report.prune(conn, age) if conn is not None else 0
+    click.echo(f"Deleted {deleted} call(s) older than {older_than}.")
+
+
+# --- prices ---------------------------------------------------------------------------
+
+
+@cli.group()
+def prices() -> None:
+    """Look up, compare and refresh model prices (USD per 1M tokens).
+
+    Prices come from three layers, highest first: your override file
+    (MODELFORGE_PRICES or prices.toml/json in the config dir), a models.dev catalog
+    fetched by `prices update`, and the table bundled with model-forge.
+    """
+
+
+@prices.command("show")
+@click.argument("model")
+@click.option("--provider", help="Provider hint, e.g. azure or amazon-bedrock.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@handle_errors
+def prices_show(model: str, provider: str | None, as_json: bool) -> None:
+    """Show the catalog entry MODEL resolves to, with its prices and source layer.
+
+    \b
+    Examples:
+      modelforge prices show gpt-4o
+      modelforge prices show us.anthropic.claude-sonnet-4-5-20250929-v1:0
+    """
+    from modelforge.pricing.resolve import get_resolver
+
+    resolver = get_resolver()
+    entry = resolver.resolve(model, provider)
+    if entry is None:
+        raise UnknownModelError(model, provider, resolver.close_matches(model))
+    info = _entry_json(entry)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{model} → {entry.key}  ({entry.name})")
+    click.echo(f"source: {entry.source}")
+    limits = f"context {entry.context_limit or '?'} tokens, output {entry.output_limit or '?'}"
+    click.echo(f"limits: {limits}")
+    click.echo("prices (USD per 1M tokens):")
+    for name, value in info["cost"].items():
+        click.echo(f"  {name:<15} {value}")
+    for tier in info["tiers"]:
+        prices_text = ", ".join(f"{k} {v}" for k, v in tier["cost"].items())
+        click.echo(f"  over {tier['size']:,} input tokens: {prices_text}")
+    for mode, cost in info["modes"].items():
+        click.echo(f"  {mode} tier: " + ", ".join(f"{k} {v}" for k, v in cost.items()))
+
+
+def _entry_json(entry: Any) -> dict[str, Any]:
+    def prices_dict(p: Any) -> dict[str, str]:
+        return {k: str(v) for k, v in p.as_dict().items()}
+
+    return {
+        "model": entry.model_id,
+        "provider": entry.provider,
+        "name": entry.name,
+        "source": entry.source,
+        "context_limit": entry.context_limit,
+        "output_limit": entry.output_limit,
+        "cost": prices_dict(entry.prices),
+        "tiers": [{"size": t.size, "cost": prices_dict(t.prices)} for t in entry.tiers],
+        "modes": {m: prices_dict(p) for m, p in entry.modes.items()},
+    }
+
+
+@prices.command("list")
+@click.option("--provider", help="Only this provider.")
+@click.option("--search", help="Only models whose id or name contains TEXT.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@handle_errors
+def prices_list(provider: str | None, search: str | None, as_json: bool) -> None:
+    """List priced models.
+
+    \b
+    Examples:
+      modelforge prices list --provider anthropic
+      modelforge prices list --search mini
+    """
+    from modelforge.pricing.catalog import get_catalog
+    from modelforge.pricing.resolve import normalise_provider
+
+    wanted = normalise_provider(provider)
+    needle = (search or "").lower()
+    entries = sorted(
+        (
+            e
+            for e in get_catalog()
+            if (wanted is None or e.provider == wanted)
+            and (not needle or needle in e.model_id.lower() or needle in e.name.lower())
+        ),
+        key=lambda e: (e.provider, e.model_id),
+    )
+    if as_json:
+        click.echo(json.dumps([_entry_json(e) for e in entries], indent=2))
+        return
+    from rich.table import Table
+
+    table = Table()
+    for title in ("Provider", "Model", "Input", "Output", "Cache read", "Cache write", "Source"):
+        table.add_column(title)
+    for e in entries:
+        p = e.prices
+        table.add_row(
+            e.provider,
+            e.model_id,
+            str(p.input),
+            str(p.output),
+            "" if p.cache_read is None else str(p.cache_read),
+            "" if p.cache_write is None else str(p.cache_write),
+            e.source,
+        )
+    _console().print(table)
+    click.echo(f"{len(entries)} model(s); prices are USD per 1M tokens.")
+
+
+@prices.command("update")
+@click.option("--url", help="Catalog URL (default: models.dev's api.json).")
+@handle_errors
+def prices_update(url: str | None) -> None:
+    """Refresh prices from models.dev into the user cache dir.
+
+    If the download fails, the previous cache is kept.
+
+    \b
+    Example:
+      modelforge prices update
+    """
+    from modelforge.pricing.update import DEFAULT_URL, update_models_dev
+
+    result = update_models_dev(url or DEFAULT_URL)
+    click.echo(
+        f"Updated {result.models} models from {result.url}: {result.changed} changed, "
+        f"{result.added} added, {result.removed} removed"
+        + (f", {result.skipped} malformed skipped" if result.skipped else "")
+        + f". Saved to {result.path}"
+    )
+
+
+@prices.command("estimate")
+@click.argument("model")
+@click.option("--input", "input_tokens", type=click.IntRange(min=0), required=True, help="Input tokens (all of them).")
+@click.option("--output", "output_tokens", type=click.IntRange(min=0), required=True, help="Output tokens (all of them).")
+@click.option("--cached", type=click.IntRange(min=0), default=0, help="Of the input, read from cache.")
+@click.option("--cache-write", type=click.IntRange(min=0), default=0, help="Of the input, written to a 5-minute cache.")
+@click.option("--cache-write-1h", type=click.IntRange(min=0), default=0, help="Of the input, written to a 1-hour cache.")
+@click.option("--reasoning", type=click.IntRange(min=0), default=0, help="Of the output, reasoning.")
+@click.option("--provider", help="Provider hint.")
+@click.option("--service-tier", help="Service tier, e.g. flex, priority or batch.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@handle_errors
+def prices_estimate(
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cached: int,
+    cache_write: int,
+    cache_write_1h: int,
+    reasoning: int,
+    provider: str | None,
+    service_tier: str | None,
+    as_json: bool,
+) -> None:
+    """Estimate the cost of a call before making it.
+
+    Token counts are inclusive: --cached is part of --input, --reasoning of --output.
+
+    \b
+    Example:
+      modelforge prices estimate gpt-4o --input 10000 --cached 8000 --output 500
+    """
+    from pydantic import ValidationError
+
+    from modelforge.pricing.cost import price
+    from modelforge.usage import Usage
+
+    try:
+        usage = Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cached,
+            cache_write_tokens=cache_write,
+            cache_write_1h_tokens=cache_write_1h,
+            reasoning_tokens=reasoning,
+            service_tier=service_tier,
+        )
+    except ValidationError as exc:
+        raise click.UsageError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    cost = price(model, usage, provider, strict=True)
+    parts = {
+        "input": cost.input,
+        "cache_read": cost.cache_read,
+        "cache_write": cost.cache_write,
+        "output": cost.output,
+        "reasoning": cost.reasoning,
+    }
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "model": cost.catalog_model,
+                    "source": cost.source,
+                    "total_usd": str(cost.total),
+                    "parts_usd": {k: str(v) for k, v in parts.items()},
+                    "flags": list(cost.flags),
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(f"{model} → {cost.catalog_model}  ({cost.source})")
+    for name, amount in parts.items():
+        if amount:
+            click.echo(f"  {name:<12} {_money(amount)}")
+    click.echo(f"  {'total':<12} {_money(cost.total)}")
+    if cost.flags:
+        click.echo(f"  notes: {', '.join(cost.flags)}")
+
+
+# --- telemetry ------------------------------------------------------------------------
+
+
+@cli.group()
+def telemetry() -> None:
+    """Turn the local usage log on or off, or see its status.
+
+    MODELFORGE_TELEMETRY=0 or DO_NOT_TRACK=1 in the environment win over this switch.
+    Nothing ever leaves your machine unless you enable OpenTelemetry export.
+    """
+
+
+@telemetry.command("on")
+@handle_errors
+def telemetry_on() -> None:
+    """Record calls into the usage log (the default)."""
+    path = config.save_setting("telemetry", True)
+    click.echo(f"Telemetry on (saved in {path}).")
+    _warn_env_override()
+
+
+@telemetry.command("off")
+@handle_errors
+def telemetry_off() -> None:
+    """Stop recording: no log file is written or created."""
+    path = config.save_setting("telemetry", False)
+    click.echo(f"Telemetry off (saved in {path}). track_usage() totals still work in memory.")
+    _warn_env_override()
+
+
+def _warn_env_override() -> None:
+    status = config.telemetry_status()
+    if status.reason.startswith(("MODELFORGE_TELEMETRY", "DO_NOT_TRACK")):
+        click.echo(f"Note: {status.reason} in the environment decides for now.", err=True)
+
+
+@telemetry.command("status")
+@handle_errors
+def telemetry_status() -> None:
+    """Show whether recording is on and why, and what the log holds."""
+    from modelforge import report
+    from modelforge.store import open_db
+
+    config.load_settings(strict=True)
+    status = config.telemetry_status()
+    click.echo(f"Recording: {'on' if status.enabled else 'off'} ({status.reason})")
+    path = config.default_db_path()
+    click.echo(f"Log file:  {path}")
+    if not path.exists():
+        click.echo("Log size:  (no file yet)")
+        return
+    size = path.stat().st_size + sum(
+        p.stat().st_size for p in (path.with_name(path.name + s) for s in ("-wal", "-shm")) if p.exists()
+    )
+    info = report.summary(open_db(path, create=False).conn)
+    click.echo(f"Log size:  {size:,} bytes, {info.rows:,} call(s)")
+    if info.rows:
+        click.echo(f"Range:     {info.first_ts} … {info.last_ts}")
+
+
+# --- demo -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--db",
+    "db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Log file for the demo's calls (default: the usual usage log).",
+)
+@click.option("--live", is_flag=True, help="Call the real OpenAI and Anthropic APIs (needs keys).")
+@handle_errors
+def demo(db: Path | None, live: bool) -> None:
+    """Run a small LangChain chain and show what it cost.
+
+    Without --live it needs no API key and no network: a loopback server inside this
+    process answers in the OpenAI and Anthropic wire formats, and the real
+    ChatOpenAI and ChatAnthropic classes talk to it.
+
+    \b
+    Examples:
+      modelforge demo
+      modelforge demo --db /tmp/demo.db
+    """
+    from modelforge.demo import run_demo
+
+    try:
+        result = run_demo(db=db, live=live)
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the demo needs LangChain's clients ({exc.name}): pip install 'model-forge[all]'"
+        ) from None
+    click.echo(result.summary)
+    from modelforge import report
+
+    conn = _open_log(result.db) if result.persisted else None
+    if conn is None:
+        click.echo("(telemetry is off: the calls above were not written to a log)")
+        return
+    filters = report.Filters(where=[("demo_run", result.demo_run)])
+    _print_report(report.usage_report(conn, ["model"], filters), "table")
+    click.echo(f"\nLog: {result.db}   Try: modelforge usage --db {result.db} --by model")
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    Example:
+      eval "$(modelforge completion bash)"
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    if cls is None:  # pragma: no cover - click ships all three
+        raise click.ClickException(f"no completion for {shell}")
+    click.echo(cls(cli, {}, "modelforge", "_MODELFORGE_COMPLETE").source())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,362 @@
+"""Aggregations over the usage log, done in SQL with bound parameters.
+
+Costs are summed exactly: `cost_pusd` holds each call's cost as an integer number of
+pico-dollars, so SQL's integer SUM is exact and is turned back into a `Decimal`.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from modelforge.errors import ModelForgeError
+from modelforge.records import format_ts
+
+REPORT_SCHEMA = "modelforge.usage/1"
+
+# group name -> SQL expression over `calls`
+TIME_GROUPS = {
+    "hour": "substr(ts, 1, 13) || ':00'",
+    "day": "substr(ts, 1, 10)",
+    "week": "strftime('%Y-W%W', substr(ts, 1, 19))",
+    "month": "substr(ts, 1, 7)",
+}
+COLUMN_GROUPS = {
+    "model": "coalesce(response_model, model)",
+    "provider": "provider",
+    "agent": "agent",
+    "trace": "trace_id",
+    "status": "status",
+    "framework": "framework",
+    "operation": "operation",
+    "tag": "tag_each.value",
+}
+BUILTIN_GROUPS = tuple(TIME_GROUPS) + tuple(COLUMN_GROUPS)
+_ATTR_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+_RELATIVE = re.compile(r"^(\d+)\s*(m|min|h|d|w)$")
+_UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_PICO = Decimal(10) ** 12
+
+SUM_COLUMNS = (
+    "calls",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "unpriced_calls",
+    "estimated_calls",
+    "error_calls",
+)
+
+
+class ReportError(ModelForgeError, ValueError):
+    """A report option has a value we cannot use (bad --by, date, --where…)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        self.option = option
+        super().__init__(f"{option}: {message}")
+
+
+def parse_when(text: str, option: str = "--since", now: datetime | None = None) -> str:
+    """`7d`, `24h`, `30m`, `2w`, `2026-11-01` or an ISO timestamp → UTC log timestamp."""
+    value = text.strip()
+    now = now or datetime.now(timezone.utc)
+    match = _RELATIVE.match(value.lower())
+    if match:
+        delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        return format_ts(now - delta)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReportError(
+            option, f"cannot read {text!r} as a time; use 7d, 24h, 2026-11-01 or an ISO timestamp"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return format_ts(moment)
+
+
+def parse_age(text: str, option: str = "--older-than") -> timedelta:
+    match = _RELATIVE.match(text.strip().lower())
+    if not match:
+        raise ReportError(option, f"cannot read {text!r} as an age; use e.g. 90d, 12h or 4w")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@dataclass
+class Filters:
+    """Which calls a report covers. Every value is bound as an SQL parameter."""
+
+    since: str | None = None
+    until: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    agent: str | None = None
+    tag: str | None = None
+    where: list[tuple[str, str]] = field(default_factory=list)
+
+    def sql(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.since:
+            clauses.append("ts >= ?")
+            params.append(self.since)
+        if self.until:
+            clauses.append("ts < ?")
+            params.append(self.until)
+        if self.model:
+            clauses.append("(coalesce(response_model, model) GLOB ? OR model GLOB ?)")
+            params += [self.model, self.model]
+        if self.provider:
+            clauses.append("provider = ?")
+            params.append(self.provider)
+        if self.agent:
+            clauses.append("agent = ?")
+            params.append(self.agent)
+        if self.tag:
+            clauses.append("EXISTS (SELECT 1 FROM json_each(calls.tags) WHERE value = ?)")
+            params.append(self.tag)
+        for key, value in self.where:
+            clauses.append("json_extract(calls.attrs, ?) = ?")
+            params += [attr_path(key), value]
+        return (" AND ".join(clauses) or "1"), params
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            k: v for k, v in self.__dict__.items() if v and k != "where"
+        }
+        if self.where:
+            data["where"] = dict(self.where)
+        return data
+
+
+def attr_path(key: str) -> str:
+    # A JSON path with the key quoted; the key itself is still only a bound parameter.
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_where(items: Sequence[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ReportError("--where", f"expected KEY=VALUE, got {item!r}")
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def group_expression(name: str) -> str:
+    if name in TIME_GROUPS:
+        return TIME_GROUPS[name]
+    if name in COLUMN_GROUPS:
+        return COLUMN_GROUPS[name]
+    raise ReportError("--by", f"unknown grouping {name!r}")
+
+
+def check_groups(names: Sequence[str]) -> list[str]:
+    """Validate --by values: built-in names, or `attr:KEY` / a bare attribute key."""
+    checked = []
+    for name in names:
+        if name in BUILTIN_GROUPS:
+            checked.append(name)
+            continue
+        key = name.removeprefix("attr:")
+        if not _ATTR_KEY.match(key):
+            raise ReportError(
+                "--by",
+                f"unknown grouping {name!r}; use one of {', '.join(BUILTIN_GROUPS)} or an "
+                "attribute key",
+            )
+        checked.append(f"attr:{key}")
+    if len(set(checked)) != len(checked):
+        raise ReportError("--by", "each grouping may be given once")
+    return checked
+
+
+@dataclass
+class UsageReport:
+    group_by: list[str]
+    rows: list[dict[str, Any]]
+    totals: dict[str, Any]
+    unpriced: list[dict[str, Any]]
+    filters: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        """The documented, stable JSON shape (`schema: modelforge.usage/1`)."""
+        return {
+            "schema": REPORT_SCHEMA,
+            "group_by": [g.removeprefix("attr:") for g in self.group_by],
+            "filters": self.filters,
+            "rows": [_jsonable(r) for r in self.rows],
+            "totals": _jsonable(self.totals),
+            "unpriced": self.unpriced,
+        }
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
+
+
+def pico_to_usd(value: int | None) -> Decimal:
+    if not value:
+        return Decimal(0)
+    amount = Decimal(value) / _PICO
+    return amount.normalize() if amount == amount.to_integral_value() else amount
+
+
+def _select_sums() -> str:
+    return """
+        count(*) AS calls,
+        coalesce(sum(input_tokens), 0) AS input_tokens,
+        coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
+        coalesce(sum(cache_write_tokens + cache_write_1h_tokens), 0) AS cache_write_tokens,
+        coalesce(sum(output_tokens), 0) AS output_tokens,
+        coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+        coalesce(sum(cost_pusd), 0) AS cost_pusd,
+        coalesce(sum(priced = 0), 0) AS unpriced_calls,
+        coalesce(sum(estimated), 0) AS estimated_calls,
+        coalesce(sum(status = 'error'), 0) AS error_calls
+    """
+
+
+def _finish_row(row: dict[str, Any]) -> dict[str, Any]:
+    row["cost_usd"] = pico_to_usd(row.pop("cost_pusd"))
+    inputs = row["input_tokens"]
+    row["cache_hit_rate"] = round(row["cache_read_tokens"] / inputs, 4) if inputs else 0.0
+    return row
+
+
+def usage_report(
+    conn: sqlite3.Connection, group_by: Sequence[str] = (), filters: Filters | None = None
+) -> UsageReport:
+    """Totals per group (in `group_by` order) plus a grand total and unpriced models."""
+    filters = filters or Filters()
+    groups = check_groups(group_by)
+    for given, name in zip(group_by, groups):
+        # A bare word that is neither built in nor an attribute anywhere is a typo.
+        if given == name.removeprefix("attr:") and given not in BUILTIN_GROUPS:
+            found = conn.execute(
+                "SELECT 1 FROM calls WHERE json_extract(attrs, ?) IS NOT NULL LIMIT 1",
+                [attr_path(given)],
+            ).fetchone()
+            if not found:
+                raise ReportError(
+                    "--by",
+                    f"unknown grouping {given!r}: not one of {', '.join(BUILTIN_GROUPS)} and "
+                    "no call in the log has that attribute",
+                )
+    where, params = filters.sql()
+    select_keys = []
+    joins = ""
+    key_params: list[Any] = []
+    for i, name in enumerate(groups):
+        if name.startswith("attr:"):
+            select_keys.append(f"json_extract(calls.attrs, ?) AS g{i}")
+            key_params.append(attr_path(name[5:]))
+        else:
+            select_keys.append(f"{group_expression(name)} AS g{i}")
+            if name == "tag":
+                joins = " LEFT JOIN json_each(calls.tags) AS tag_each"
+    rows: list[dict[str, Any]] = []
+    if groups:
+        keys = ", ".join(f"g{i}" for i in range(len(groups)))
+        sql = (
+            f"SELECT {', '.join(select_keys)}, {_select_sums()} FROM calls{joins} "
+            f"WHERE {where} GROUP BY {keys} ORDER BY {keys}"
+        )
+        for raw in _query(conn, sql, key_params + params):
+            row = {g.removeprefix("attr:"): raw.pop(f"g{i}") for i, g in enumerate(groups)}
+            row.update(raw)
+            rows.append(_finish_row(row))
+    total_sql = f"SELECT {_select_sums()} FROM calls WHERE {where}"
+    totals = _finish_row(next(_query(conn, total_sql, params)))
+    unpriced_sql = (
+        "SELECT coalesce(response_model, model) AS model, provider, count(*) AS calls "
+        f"FROM calls WHERE ({where}) AND priced = 0 GROUP BY 1, 2 ORDER BY 3 DESC"
+    )
+    unpriced = list(_query(conn, unpriced_sql, params))
+    return UsageReport(groups, rows, totals, unpriced, filters.as_dict())
+
+
+def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Iterator[dict[str, Any]]:
+    cursor = conn.execute(sql, list(params))
+    names = [d[0] for d in cursor.description]
+    for values in cursor:
+        yield dict(zip(names, values))
+
+
+CALL_COLUMNS = (
+    "ts",
+    "run_id",
+    "framework",
+    "operation",
+    "provider",
+    "model",
+    "response_model",
+    "catalog_model",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "priced",
+    "estimated",
+    "cache_hit",
+    "status",
+    "error_type",
+    "latency_ms",
+    "agent",
+    "tags",
+    "attrs",
+)
+
+
+def recent_calls(
+    conn: sqlite3.Connection, limit: int = 20, filters: Filters | None = None
+) -> list[dict[str, Any]]:
+    """The newest calls first, like `llm logs`."""
+    where, params = (filters or Filters()).sql()
+    sql = (
+        f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE {where} ORDER BY ts DESC, id DESC "
+        "LIMIT ?"
+    )
+    return list(_query(conn, sql, [*params, limit]))
+
+
+def export_rows(
+    conn: sqlite3.Connection, filters: Filters | None = None
+) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    """Column names and a lazy cursor over every matching row, oldest first."""
+    where, params = (filters or Filters()).sql()
+    cursor = conn.execute(f"SELECT * FROM calls WHERE {where} ORDER BY id", params)
+    cursor.arraysize = 1000
+    names = [d[0] for d in cursor.description]
+    return names, iter(cursor)
+
+
+def prune(conn: sqlite3.Connection, older_than: timedelta) -> int:
+    """Delete calls older than `older_than`; returns how many went."""
+    cutoff = format_ts(datetime.now(timezone.utc) - older_than)
+    with conn:
+        cursor = conn.execute("DELETE FROM calls WHERE ts < ?", [cutoff])
+    return cursor.rowcount
+
+
+@dataclass(frozen=True)
+class LogSummary:
+    rows: int
+    first_ts: str | None
+    last_ts: str | None
+
+
+def summary(conn: sqlite3.Connection) -> LogSummary:
+    rows, first, last = conn.execute("SELECT count(*), min(ts), max(ts) FROM calls").fetchone()
+    return LogSummary(rows, first, last)

@@ -1,0 +1,618 @@
+"""Loopback HTTP server speaking the OpenAI and Anthropic wire formats.
+
+The real SDK clients (``openai``, ``anthropic``, LangChain and LlamaIndex
+wrappers) can be pointed at :class:`WireServer` so tests, notebooks and
+``modelforge demo`` exercise genuine client parsing without network access
+or API keys. Standard library only, so it can ship inside the package.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import math
+import re
+import struct
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+__all__ = ["DEFAULT_TEXT", "Reply", "WireServer"]
+
+JSON = dict[str, Any]
+# One server-sent event: (``event:`` name or None, ``data:`` payload, JSON-encoded unless str).
+Event = tuple[str | None, JSON | str]
+
+DEFAULT_TEXT = "Hello from the model-forge wire server."
+EMBEDDING_DIMENSIONS = 8
+# Real chat APIs bill a few framing tokens per message; mimic that shape.
+TOKENS_PER_MESSAGE = 3
+
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass
+class Reply:
+    """One scripted answer; ``usage`` is the provider-native usage object, verbatim."""
+
+    text: str = DEFAULT_TEXT
+    usage: JSON | None = None
+    status: int = 200
+    error_body: JSON | None = None
+    model: str | None = None
+    service_tier: str | None = None
+    match_model: str | None = None
+    chunks: int = 3
+    anthropic_delta_full_usage: bool = False
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _flatten_text(value: Any) -> str:
+    """Collect the human-readable text out of any message/content shape."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " ".join(_flatten_text(item) for item in value)
+    if isinstance(value, dict):
+        keys = ("text", "content", "output", "arguments")
+        return " ".join(_flatten_text(value[key]) for key in keys if key in value)
+    return ""
+
+
+def _prompt_tokens(messages: Iterable[Any]) -> int:
+    return sum(_words(_flatten_text(message)) + TOKENS_PER_MESSAGE for message in messages)
+
+
+def _raw_input_tokens(value: Any) -> int:
+    """Token count of completions/embeddings input (str, token ids, or lists of either)."""
+    if isinstance(value, str):
+        return _words(value)
+    if isinstance(value, int):
+        return 1
+    if isinstance(value, list):
+        return sum(_raw_input_tokens(item) for item in value)
+    return 0
+
+
+def _split_text(text: str, parts: int) -> list[str]:
+    """Split ``text`` into at most ``parts`` word-aligned pieces that concatenate back to it."""
+    pieces = re.findall(r"\s*\S+\s*|\s+", text)
+    if parts <= 1 or len(pieces) <= 1:
+        return [text]
+    per_part = math.ceil(len(pieces) / parts)
+    return ["".join(pieces[i : i + per_part]) for i in range(0, len(pieces), per_part)]
+
+
+def _embedding(item: Any, dimensions: int) -> list[float]:
+    """Deterministic unit vector derived from the input, so equal inputs embed equally."""
+    seed = json.dumps(item, sort_keys=True)
+    raw = [
+        int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:4], "little") / 2**31 - 1.0
+        for i in range(dimensions)
+    ]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    # Round-trip through float32 so float and base64 encodings agree exactly.
+    return [struct.unpack("<f", struct.pack("<f", x / norm))[0] for x in raw]
+
+
+# --------------------------------------------------------------------------- OpenAI
+
+
+def _openai_chat_usage(body: JSON, reply: Reply, choices: int) -> JSON:
+    if reply.usage is not None:
+        return reply.usage
+    prompt = _prompt_tokens(body.get("messages") or [])
+    completion = _words(reply.text) * choices
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    }
+
+
+def _openai_envelope(obj: str, id_prefix: str, model: str, reply: Reply) -> JSON:
+    envelope: JSON = {
+        "id": _new_id(id_prefix),
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+    }
+    if reply.service_tier is not None:
+        envelope["service_tier"] = reply.service_tier
+    envelope["system_fingerprint"] = "fp_modelforge"
+    return envelope
+
+
+def _chat_completions(body: JSON, reply: Reply, model: str) -> JSON | list[Event]:
+    choices = max(int(body.get("n") or 1), 1)
+    usage = _openai_chat_usage(body, reply, choices)
+    if not body.get("stream"):
+        message: JSON = {"role": "assistant", "content": reply.text, "refusal": None}
+        result = _openai_envelope("chat.completion", "chatcmpl-", model, reply)
+        result["choices"] = [
+            {"index": i, "message": dict(message), "logprobs": None, "finish_reason": "stop"}
+            for i in range(choices)
+        ]
+        result["usage"] = usage
+        return result
+
+    # The real API only mentions usage at all when include_usage was requested.
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    envelope = _openai_envelope("chat.completion.chunk", "chatcmpl-", model, reply)
+
+    def chunk(choice_list: list[JSON], chunk_usage: JSON | None = None) -> Event:
+        payload = {**envelope, "choices": choice_list}
+        if include_usage:
+            payload["usage"] = chunk_usage
+        return None, payload
+
+    def delta(index: int, content: JSON, finish: str | None = None) -> JSON:
+        return {"index": index, "delta": content, "logprobs": None, "finish_reason": finish}
+
+    events: list[Event] = []
+    for i in range(choices):
+        events.append(chunk([delta(i, {"role": "assistant", "content": "", "refusal": None})]))
+        events.extend(
+            chunk([delta(i, {"content": piece})]) for piece in _split_text(reply.text, reply.chunks)
+        )
+        events.append(chunk([delta(i, {}, "stop")]))
+    if include_usage:
+        events.append(chunk([], usage))
+    return [*events, (None, "[DONE]")]
+
+
+def _completions(body: JSON, reply: Reply, model: str) -> JSON | list[Event]:
+    prompt = body.get("prompt", "")
+    # A list of strings (or of token lists) is a batch: one choice per prompt.
+    is_batch = isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
+    choices = (len(prompt) if is_batch else 1) * max(int(body.get("n") or 1), 1)
+    prompt_tokens = _raw_input_tokens(prompt)
+    completion_tokens = _words(reply.text) * choices
+    usage = reply.usage or {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    envelope = _openai_envelope("text_completion", "cmpl-", model, reply)
+
+    def choice(index: int, text: str, finish: str | None) -> JSON:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+    if not body.get("stream"):
+        whole = [choice(i, reply.text, "stop") for i in range(choices)]
+        return {**envelope, "choices": whole, "usage": usage}
+    events: list[Event] = []
+    for i in range(choices):
+        pieces = _split_text(reply.text, reply.chunks)
+        events.extend((None, {**envelope, "choices": [choice(i, p, None)]}) for p in pieces)
+        events.append((None, {**envelope, "choices": [choice(i, "", "stop")]}))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append((None, {**envelope, "choices": [], "usage": usage}))
+    return [*events, (None, "[DONE]")]
+
+
+def _embeddings(body: JSON, reply: Reply, model: str) -> JSON:
+    raw_input = body.get("input", "")
+    # A bare string or a single token-id list is one input; other lists are batches.
+    is_single = isinstance(raw_input, str) or (bool(raw_input) and isinstance(raw_input[0], int))
+    items: list[Any] = [raw_input] if is_single else list(raw_input)
+    dimensions = int(body.get("dimensions") or EMBEDDING_DIMENSIONS)
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(items):
+        vector = _embedding(item, dimensions)
+        # The openai SDK asks for base64 by default: packed little-endian float32.
+        packed = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append(
+            {"object": "embedding", "index": index, "embedding": packed if as_base64 else vector}
+        )
+    tokens = _raw_input_tokens(raw_input)
+    usage = reply.usage or {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"object": "list", "data": data, "model": model, "usage": usage}
+
+
+def _responses(body: JSON, reply: Reply, model: str) -> JSON | list[Event]:
+    if reply.usage is not None:
+        usage = reply.usage
+    else:
+        raw_input = body.get("input") or []
+        messages = [raw_input] if isinstance(raw_input, str) else list(raw_input)
+        prompt = _prompt_tokens(
+            [body["instructions"], *messages] if body.get("instructions") else messages
+        )
+        completion = _words(reply.text)
+        usage = {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + completion,
+        }
+    item_id = _new_id("msg_")
+    part = {"type": "output_text", "annotations": [], "logprobs": [], "text": reply.text}
+    item = {
+        "id": item_id,
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [part],
+    }
+    response: JSON = {
+        "id": _new_id("resp_"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "model": model,
+        "output": [item],
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "reasoning": {"effort": None, "summary": None},
+        "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": [],
+        "top_p": body.get("top_p", 1.0),
+        "usage": usage,
+        "metadata": body.get("metadata") or {},
+    }
+    if reply.service_tier is not None:
+        response["service_tier"] = reply.service_tier
+    if not body.get("stream"):
+        return response
+
+    in_progress = {**response, "status": "in_progress", "output": [], "usage": None}
+    open_item = {**item, "status": "in_progress", "content": []}
+    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    steps: list[JSON] = [
+        {"type": "response.created", "response": in_progress},
+        {"type": "response.in_progress", "response": in_progress},
+        {"type": "response.output_item.added", "output_index": 0, "item": open_item},
+        {"type": "response.content_part.added", **where, "part": {**part, "text": ""}},
+        *(
+            {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
+            for piece in _split_text(reply.text, reply.chunks)
+        ),
+        {"type": "response.output_text.done", **where, "text": reply.text, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": response},
+    ]
+    return [(step["type"], {**step, "sequence_number": n}) for n, step in enumerate(steps)]
+
+
+# --------------------------------------------------------------------------- Anthropic
+
+
+def _anthropic_prompt_tokens(body: JSON) -> int:
+    system = [body["system"]] if body.get("system") else []
+    return _prompt_tokens([*system, *(body.get("messages") or [])])
+
+
+def _anthropic_usage(body: JSON, reply: Reply) -> JSON:
+    if reply.usage is not None:
+        return reply.usage
+    return {
+        "input_tokens": _anthropic_prompt_tokens(body),
+        "output_tokens": _words(reply.text),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+    }
+
+
+def _messages(body: JSON, reply: Reply, model: str) -> JSON | list[Event]:
+    usage = _anthropic_usage(body, reply)
+    message: JSON = {
+        "id": _new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": reply.text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    if not body.get("stream"):
+        return message
+
+    # message_start reports input/cache usage and a token or so of output; the
+    # cumulative output total only arrives with message_delta.
+    start_usage = {**copy.deepcopy(usage), "output_tokens": 1}
+    final_usage = copy.deepcopy(usage) if reply.anthropic_delta_full_usage else {}
+    final_usage["output_tokens"] = usage.get("output_tokens", 0)
+    start = {**message, "content": [], "stop_reason": None, "usage": start_usage}
+    steps: list[JSON] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+        *(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": piece},
+            }
+            for piece in _split_text(reply.text, reply.chunks)
+        ),
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": final_usage,
+        },
+        {"type": "message_stop"},
+    ]
+    return [(step["type"], step) for step in steps]
+
+
+def _count_tokens(body: JSON, reply: Reply, model: str) -> JSON:
+    if reply.usage is not None and "input_tokens" in reply.usage:
+        return {"input_tokens": reply.usage["input_tokens"]}
+    return {"input_tokens": _anthropic_prompt_tokens(body)}
+
+
+Route = Callable[[JSON, Reply, str], "JSON | list[Event]"]
+_POST_ROUTES: dict[str, Route] = {
+    "/v1/chat/completions": _chat_completions,
+    "/v1/completions": _completions,
+    "/v1/embeddings": _embeddings,
+    "/v1/responses": _responses,
+    "/v1/messages": _messages,
+    "/v1/messages/count_tokens": _count_tokens,
+}
+_MODEL_IDS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5-20250929")
+
+
+def _error_body(anthropic: bool, status: int, message: str) -> JSON:
+    if anthropic:
+        kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def _models_listing(anthropic: bool) -> JSON:
+    ids = _MODEL_IDS
+    if anthropic:
+        created = "2025-01-01T00:00:00Z"
+        data = [{"type": "model", "id": m, "display_name": m, "created_at": created} for m in ids]
+        return {"data": data, "has_more": False, "first_id": ids[0], "last_id": ids[-1]}
+    models = [{"id": m, "object": "model", "created": 0, "owned_by": "model-forge"} for m in ids]
+    return {"object": "list", "data": models}
+
+
+# --------------------------------------------------------------------------- server
+
+
+class _State:
+    """Reply queue and request log shared by all handler threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.replies: list[Reply] = []
+        self.requests: list[JSON] = []
+
+    def take(self, model: Any) -> Reply:
+        with self.lock:
+            for index, reply in enumerate(self.replies):
+                if reply.match_model is None or reply.match_model == model:
+                    return self.replies.pop(index)
+        return Reply()
+
+    def record(self, entry: JSON) -> None:
+        with self.lock:
+            self.requests.append(entry)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Large concurrent batches (asyncio abatch, thread pools) overflow the default backlog of 5.
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], state: _State) -> None:
+        super().__init__(address, _Handler)
+        self.state = state
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients drop pooled keep-alive sockets at will; that is not a server fault.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1 lets the SDKs' httpx pools keep connections alive between calls.
+    protocol_version = "HTTP/1.1"
+    server_version = "model-forge-wire/1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay silent: request lines are noise in test output."""
+
+    @property
+    def _state(self) -> _State:
+        return cast(_HTTPServer, self.server).state
+
+    def _send_json(self, status: int, payload: JSON) -> None:
+        encoded = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(encoded)))
+        self.send_header("x-request-id", _new_id("req_"))
+        self.send_header("request-id", _new_id("req_"))
+        self.end_headers()
+        self.wfile.write(encoded)
+
+    def _send_sse(self, events: list[Event]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for name, data in events:
+            text = data if isinstance(data, str) else json.dumps(data)
+            block = (f"event: {name}\n" if name else "") + f"data: {text}\n\n"
+            # Chunked framing delivers each event as it is written, like the real APIs.
+            self.wfile.write(f"{len(block.encode()):x}\r\n{block}\r\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _headers(self) -> dict[str, str]:
+        return {key.lower(): value for key, value in self.headers.items()}
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/")
+        headers = self._headers()
+        self._state.record({"method": "GET", "path": path, "body": None, "headers": headers})
+        is_anthropic = "anthropic-version" in headers
+        if path == "/v1/models":
+            self._send_json(200, _models_listing(is_anthropic))
+        else:
+            self._send_json(404, _error_body(is_anthropic, 404, f"Unknown path {path}"))
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/")
+        # The SDKs always send Content-Length for their JSON bodies.
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body: Any = json.loads(raw) if raw else {}
+        except ValueError:
+            body = None
+        self._state.record(
+            {"method": "POST", "path": path, "body": body, "headers": self._headers()}
+        )
+        is_anthropic = path.startswith("/v1/messages")
+        route = _POST_ROUTES.get(path)
+        if route is None:
+            self._send_json(404, _error_body(is_anthropic, 404, f"Unknown path {path}"))
+            return
+        if not isinstance(body, dict):
+            self._send_json(
+                400, _error_body(is_anthropic, 400, "Request body must be a JSON object.")
+            )
+            return
+        reply = self._state.take(body.get("model"))
+        if reply.status >= 400:
+            error = reply.error_body or _error_body(is_anthropic, reply.status, "Scripted failure.")
+            self._send_json(reply.status, error)
+            return
+        try:
+            result = route(body, reply, reply.model or str(body.get("model") or "unknown-model"))
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+            # A request the real API would reject: answer 400 instead of dropping the socket.
+            message = f"Malformed request ({type(error).__name__})."
+            self._send_json(400, _error_body(is_anthropic, 400, message))
+            return
+        if isinstance(result, dict):
+            self._send_json(reply.status, result)
+        else:
+            self._send_sse(result)
+
+
+class WireServer:
+    """Fake OpenAI + Anthropic endpoint on 127.0.0.1, served from a daemon thread."""
+
+    def __init__(self, port: int = 0) -> None:
+        self._port = port
+        self._state = _State()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> WireServer:
+        """Bind and begin serving; idempotent."""
+        if self._httpd is None:
+            self._httpd = _HTTPServer(("127.0.0.1", self._port), self._state)
+            # A short poll interval keeps stop() snappy when tests start many servers.
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="modelforge-wire",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port; idempotent."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> WireServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("WireServer is not running; call start() first.")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        # The Anthropic SDK appends /v1/messages itself.
+        return self.base_url
+
+    def enqueue(self, *replies: Reply) -> None:
+        """Queue scripted replies; each POST consumes the first one whose ``match_model`` fits."""
+        with self._state.lock:
+            self._state.replies.extend(replies)
+
+    @property
+    def pending(self) -> int:
+        """Number of queued replies not yet consumed."""
+        with self._state.lock:
+            return len(self._state.replies)
+
+    @property
+    def requests(self) -> list[JSON]:
+        """Snapshot of received requests: ``{"method", "path", "body", "headers"}`` each."""
+        with self._state.lock:
+            return list(self._state.requests)
+
+    def reset(self) -> None:
+        """Forget queued replies and recorded requests."""
+        with self._state.lock:
+            self._state.replies.clear()
+            self._state.requests.clear()
