@@ -1,0 +1,5 @@
+"""`python -m modelforge` runs the CLI."""
+
+from modelforge.cli import main
+
+main()
