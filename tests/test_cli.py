@@ -1,16 +1,16 @@
 """The `modelforge` CLI over a hand-built log whose costs are computed by hand below.
 
-The log (see `hand_built_log`):
+The log (see `hand_built_log`), prices per 1M tokens:
 
-| # | day        | model                      | tokens                                   | cost by hand |
-|---|------------|----------------------------|------------------------------------------|--------------|
-| 1 | 2026-11-01 | gpt-4o                     | 1000 in (800 cached), 100 out            | 200×2.5 + 800×1.25 + 100×10 = 2500 → $0.0025 |
-| 2 | 2026-11-01 | claude-sonnet-4-5-20250929 | 300 + 4000 read + 1000 write, 250 out   | 300×3 + 4000×0.3 + 1000×3.75 + 250×15 = 9600 → $0.0096 |
-| 3 | 2026-11-02 | gpt-4o                     | 2000 in, 500 out                         | 2000×2.5 + 500×10 = 10000 → $0.01 |
-| 4 | 2026-11-02 | mystery-model              | 100 in, 10 out                           | unpriced |
-| 5 | 2026-11-02 | gpt-4o (estimated)         | 50 in, 20 out                            | 50×2.5 + 20×10 = 325 → $0.000325 |
+1. 2026-11-01 gpt-4o: 1000 in (800 cached), 100 out
+   → 200×2.5 + 800×1.25 + 100×10 = 2500 → $0.0025
+2. 2026-11-01 claude-sonnet-4-5-20250929: 300 + 4000 read + 1000 write in, 250 out
+   → 300×3 + 4000×0.3 + 1000×3.75 + 250×15 = 9600 → $0.0096
+3. 2026-11-02 gpt-4o: 2000 in, 500 out → 2000×2.5 + 500×10 = 10000 → $0.01
+4. 2026-11-02 mystery-model: 100 in, 10 out → unpriced
+5. 2026-11-02 gpt-4o (estimated): 50 in, 20 out → 50×2.5 + 20×10 = 325 → $0.000325
 
-(prices per 1M tokens; totals $0.022425)
+Total: $0.022425.
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ def hand_built_log(tmp_path: Path) -> Path:
             "claude-sonnet-4-5-20250929",
             "anthropic",
             Usage(
-                input_tokens=5300, cache_read_tokens=4000, cache_write_tokens=1000, output_tokens=250
+                input_tokens=5300,
+                cache_read_tokens=4000,
+                cache_write_tokens=1000,
+                output_tokens=250,
             ),
             "reviewer",
             ("a", "b"),
@@ -285,6 +288,7 @@ def test_calls_lists_newest_first(hand_built_log: Path) -> None:
 
 def test_export_csv_and_jsonl(hand_built_log: Path) -> None:
     code, out = run("usage", "export", "--db", str(hand_built_log), "--format", "jsonl")
+    assert code == 0
     lines = [json.loads(line) for line in out.splitlines()]
     assert [r["run_id"] for r in lines] == [f"run-{n}" for n in range(1, 6)]
     assert sum(Decimal(r["cost_usd"]) for r in lines if r["cost_usd"]) == TOTAL
@@ -332,7 +336,9 @@ def test_prices_estimate() -> None:
     data = json.loads(out)
     # 1000×3 + 8000×0.3 + 1000×3.75 + 500×15 = 3000 + 2400 + 3750 + 7500 = 16650 per 1M
     assert Decimal(data["total_usd"]) == Decimal("0.01665")
-    code, out = run("prices", "estimate", "gpt-4o", "--input", "10", "--cached", "20", "--output", "1")
+    code, out = run(
+        "prices", "estimate", "gpt-4o", "--input", "10", "--cached", "20", "--output", "1"
+    )
     assert code == 2 and "exceed input_tokens" in out
 
 
@@ -348,9 +354,12 @@ def test_telemetry_switch_and_status(db_path: Path) -> None:
     assert config.telemetry_status().enabled is True
 
 
-def test_telemetry_status_reports_rows(hand_built_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_telemetry_status_reports_rows(
+    hand_built_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MODELFORGE_DB", str(hand_built_log))
     code, out = run("telemetry", "status")
+    assert code == 0
     assert "5 call(s)" in out
     assert "2026-11-01T09:00:00.000000Z … 2026-11-02T11:00:00.000000Z" in out
 
@@ -400,9 +409,14 @@ def test_demo_costs_match_hand_computation(tmp_path: Path) -> None:
     assert code == 0, out
     # 0.005 (gpt-4o cached) + 0.0096 (claude streamed) + 0.0026 (gpt-5-mini reasoning)
     assert "$0.0172" in out
-    rows = sqlite3.connect(db).execute(
-        "SELECT response_model, cost_usd, cache_read_tokens, reasoning_tokens FROM calls ORDER BY id"
-    ).fetchall()
+    rows = (
+        sqlite3.connect(db)
+        .execute(
+            "SELECT response_model, cost_usd, cache_read_tokens, reasoning_tokens "
+            "FROM calls ORDER BY id"
+        )
+        .fetchall()
+    )
     assert rows == [
         ("gpt-4o-2024-08-06", "0.005", 1536, 0),
         ("claude-sonnet-4-5-20250929", "0.0096", 4000, 0),
@@ -410,7 +424,9 @@ def test_demo_costs_match_hand_computation(tmp_path: Path) -> None:
     ]
 
 
-def test_demo_with_telemetry_off_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_with_telemetry_off_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("langchain_openai")
     monkeypatch.setenv("MODELFORGE_TELEMETRY", "off")
     db = tmp_path / "demo.db"

@@ -35,7 +35,25 @@ _EXPORTS = {
     "PriceUpdateError": "modelforge.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CallRecord",
+    "ConfigError",
+    "Cost",
+    "ModelForgeError",
+    "PriceTableError",
+    "PriceUpdateError",
+    "UnknownModelError",
+    "Usage",
+    "UsageCallbackHandler",
+    "UsageLog",
+    "UsageLogError",
+    "UsageSession",
+    "extract_usage",
+    "flush",
+    "price",
+    "stats",
+    "track_usage",
+]
 
 if TYPE_CHECKING:
     from modelforge.errors import (

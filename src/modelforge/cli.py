@@ -302,7 +302,9 @@ def _print_report(result: Any, fmt: str) -> None:
     if result.unpriced:
         click.echo("\nUnpriced calls (not in the price table, not counted as $0):")
         for item in result.unpriced:
-            click.echo(f"  {item['model'] or 'unknown'} ({item['provider'] or '?'}): {item['calls']}")
+            click.echo(
+                f"  {item['model'] or 'unknown'} ({item['provider'] or '?'}): {item['calls']}"
+            )
     estimated = result.totals["estimated_calls"]
     if estimated:
         click.echo(f"\n{estimated} call(s) have estimated token counts (no usage from provider).")
@@ -404,7 +406,9 @@ def usage_calls(
 
     table = Table()
     for title in ("Time (UTC)", "Model", "Provider", "Input", "Cached", "Output", "Cost", "Status"):
-        table.add_column(title, justify="right" if title in ("Input", "Cached", "Output", "Cost") else "left")
+        table.add_column(
+            title, justify="right" if title in ("Input", "Cached", "Output", "Cost") else "left"
+        )
     for row in rows:
         cost = _money(Decimal(row["cost_usd"])) if row["cost_usd"] else "unpriced"
         status = row["status"] + (" (est.)" if row["estimated"] else "")
@@ -639,12 +643,38 @@ def prices_update(url: str | None) -> None:
 
 @prices.command("estimate")
 @click.argument("model")
-@click.option("--input", "input_tokens", type=click.IntRange(min=0), required=True, help="Input tokens (all of them).")
-@click.option("--output", "output_tokens", type=click.IntRange(min=0), required=True, help="Output tokens (all of them).")
-@click.option("--cached", type=click.IntRange(min=0), default=0, help="Of the input, read from cache.")
-@click.option("--cache-write", type=click.IntRange(min=0), default=0, help="Of the input, written to a 5-minute cache.")
-@click.option("--cache-write-1h", type=click.IntRange(min=0), default=0, help="Of the input, written to a 1-hour cache.")
-@click.option("--reasoning", type=click.IntRange(min=0), default=0, help="Of the output, reasoning.")
+@click.option(
+    "--input",
+    "input_tokens",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Input tokens (all of them).",
+)
+@click.option(
+    "--output",
+    "output_tokens",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Output tokens (all of them).",
+)
+@click.option(
+    "--cached", type=click.IntRange(min=0), default=0, help="Of the input, read from cache."
+)
+@click.option(
+    "--cache-write",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Of the input, written to a 5-minute cache.",
+)
+@click.option(
+    "--cache-write-1h",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Of the input, written to a 1-hour cache.",
+)
+@click.option(
+    "--reasoning", type=click.IntRange(min=0), default=0, help="Of the output, reasoning."
+)
 @click.option("--provider", help="Provider hint.")
 @click.option("--service-tier", help="Service tier, e.g. flex, priority or batch.")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
@@ -769,7 +799,9 @@ def telemetry_status() -> None:
         click.echo("Log size:  (no file yet)")
         return
     size = path.stat().st_size + sum(
-        p.stat().st_size for p in (path.with_name(path.name + s) for s in ("-wal", "-shm")) if p.exists()
+        p.stat().st_size
+        for p in (path.with_name(path.name + s) for s in ("-wal", "-shm"))
+        if p.exists()
     )
     info = report.summary(open_db(path, create=False).conn)
     click.echo(f"Log size:  {size:,} bytes, {info.rows:,} call(s)")

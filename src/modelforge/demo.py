@@ -121,9 +121,10 @@ def run_demo(db: Path | str | None = None, live: bool = False) -> DemoResult:
 
     demo_run = uuid.uuid4().hex[:12]
     log_path = Path(db) if db else config.default_db_path()
-    with _endpoints(live) as endpoints, track_usage(
-        db=log_path, project="modelforge-demo", demo_run=demo_run
-    ) as session:
+    with (
+        _endpoints(live) as endpoints,
+        track_usage(db=log_path, project="modelforge-demo", demo_run=demo_run) as session,
+    ):
         summarise = (
             ChatPromptTemplate.from_messages(
                 [("system", "You are a concise technical writer."), ("human", "Summarise: {topic}")]

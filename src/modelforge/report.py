@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -41,18 +41,6 @@ _ATTR_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 _RELATIVE = re.compile(r"^(\d+)\s*(m|min|h|d|w)$")
 _UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _PICO = Decimal(10) ** 12
-
-SUM_COLUMNS = (
-    "calls",
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "unpriced_calls",
-    "estimated_calls",
-    "error_calls",
-)
 
 
 class ReportError(ModelForgeError, ValueError):
@@ -111,8 +99,8 @@ class Filters:
             clauses.append("ts < ?")
             params.append(self.until)
         if self.model:
-            clauses.append("(coalesce(response_model, model) GLOB ? OR model GLOB ?)")
-            params += [self.model, self.model]
+            clauses.append("coalesce(response_model, model) GLOB ?")
+            params.append(self.model)
         if self.provider:
             clauses.append("provider = ?")
             params.append(self.provider)
@@ -128,9 +116,7 @@ class Filters:
         return (" AND ".join(clauses) or "1"), params
 
     def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            k: v for k, v in self.__dict__.items() if v and k != "where"
-        }
+        data: dict[str, Any] = {k: v for k, v in self.__dict__.items() if v and k != "where"}
         if self.where:
             data["where"] = dict(self.where)
         return data
@@ -210,26 +196,160 @@ def pico_to_usd(value: int | None) -> Decimal:
     return amount.normalize() if amount == amount.to_integral_value() else amount
 
 
-def _select_sums() -> str:
-    return """
-        count(*) AS calls,
-        coalesce(sum(input_tokens), 0) AS input_tokens,
-        coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
-        coalesce(sum(cache_write_tokens + cache_write_1h_tokens), 0) AS cache_write_tokens,
-        coalesce(sum(output_tokens), 0) AS output_tokens,
-        coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
-        coalesce(sum(cost_pusd), 0) AS cost_pusd,
-        coalesce(sum(priced = 0), 0) AS unpriced_calls,
-        coalesce(sum(estimated), 0) AS estimated_calls,
-        coalesce(sum(status = 'error'), 0) AS error_calls
-    """
+_RAW_SUMS = """
+    count(*), coalesce(sum(input_tokens), 0), coalesce(sum(cache_read_tokens), 0),
+    coalesce(sum(cache_write_tokens + cache_write_1h_tokens), 0), coalesce(sum(output_tokens), 0),
+    coalesce(sum(reasoning_tokens), 0), coalesce(sum(cost_pusd), 0), coalesce(sum(priced = 0), 0),
+    coalesce(sum(estimated), 0), coalesce(sum(status = 'error'), 0)
+"""
+_ROLLUP_SUMS = """
+    sum(calls), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
+    sum(output_tokens), sum(reasoning_tokens), sum(cost_pusd),
+    sum(CASE WHEN priced = 0 THEN calls ELSE 0 END),
+    sum(CASE WHEN estimated = 1 THEN calls ELSE 0 END),
+    sum(CASE WHEN status = 'error' THEN calls ELSE 0 END)
+"""
+_SUM_NAMES = (
+    "calls",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_pusd",
+    "unpriced_calls",
+    "estimated_calls",
+    "error_calls",
+)
+# Groupings the hourly rollup can answer, as expressions over `calls_hourly`.
+ROLLUP_GROUPS = {
+    "hour": "hour || ':00'",
+    "day": "substr(hour, 1, 10)",
+    "week": "strftime('%Y-W%W', substr(hour, 1, 10))",
+    "month": "substr(hour, 1, 7)",
+    "model": "nullif(model, '')",
+    "provider": "nullif(provider, '')",
+    "agent": "nullif(agent, '')",
+    "status": "nullif(status, '')",
+}
+Sums = list[int]
+Groups = dict[tuple[Any, ...], Sums]
 
 
-def _finish_row(row: dict[str, Any]) -> dict[str, Any]:
+def _add(into: Groups, key: tuple[Any, ...], sums: Sequence[int]) -> None:
+    current = into.get(key)
+    if current is None:
+        into[key] = [int(v or 0) for v in sums]
+    else:
+        for i, value in enumerate(sums):
+            current[i] += int(value or 0)
+
+
+def _raw_groups(
+    conn: sqlite3.Connection, groups: Sequence[str], filters: Filters, into: Groups
+) -> None:
+    """Aggregate straight from `calls` (any grouping, any filter)."""
+    where, params = filters.sql()
+    keys, key_params, joins = [], [], ""
+    for i, name in enumerate(groups):
+        if name.startswith("attr:"):
+            keys.append(f"json_extract(calls.attrs, ?) AS g{i}")
+            key_params.append(attr_path(name[5:]))
+        else:
+            keys.append(f"{group_expression(name)} AS g{i}")
+            if name == "tag":
+                joins = " LEFT JOIN json_each(calls.tags) AS tag_each"
+    group_sql = ""
+    if groups:
+        group_sql = " GROUP BY " + ", ".join(f"g{i}" for i in range(len(groups)))
+    select = ", ".join([*keys, _RAW_SUMS])
+    sql = f"SELECT {select} FROM calls{joins} WHERE {where}{group_sql}"
+    for row in conn.execute(sql, key_params + params):
+        _add(into, tuple(row[: len(groups)]), row[len(groups) :])
+
+
+def _rollup_usable(groups: Sequence[str], filters: Filters) -> bool:
+    return all(g in ROLLUP_GROUPS for g in groups) and not filters.tag and not filters.where
+
+
+def _hour_start(ts: str) -> str:
+    return ts[:13] + ":00:00.000000Z"
+
+
+def _next_hour(ts: str) -> str:
+    moment = datetime.strptime(ts[:13], "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
+    return format_ts(moment + timedelta(hours=1))
+
+
+def _rollup_groups(
+    conn: sqlite3.Connection, groups: Sequence[str], filters: Filters, into: Groups
+) -> None:
+    """Whole hours from `calls_hourly`; the partial hours at either end from `calls`."""
+    since, until = filters.since, filters.until
+    first_full = since if since is None or since == _hour_start(since) else _next_hour(since)
+    last_full = None if until is None else _hour_start(until)
+    if first_full is not None and last_full is not None and first_full >= last_full:
+        _raw_groups(conn, groups, filters, into)  # the range is within an hour or two
+        return
+    clauses, params = [], []
+    if first_full:
+        clauses.append("hour >= ?")
+        params.append(first_full[:13])
+    if last_full:
+        clauses.append("hour < ?")
+        params.append(last_full[:13])
+    if filters.model:
+        clauses.append("model GLOB ?")
+        params.append(filters.model)
+    for column in ("provider", "agent"):
+        value = getattr(filters, column)
+        if value:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    keys = [f"{ROLLUP_GROUPS[g]}" for g in groups]
+    group_sql = f" GROUP BY {', '.join(str(i + 1) for i in range(len(groups)))}" if groups else ""
+    sql = (
+        f"SELECT {', '.join([*keys, _ROLLUP_SUMS])} FROM calls_hourly "
+        f"WHERE {' AND '.join(clauses) or '1'} AND calls > 0{group_sql}"
+    )
+    for row in conn.execute(sql, params):
+        if row[len(groups)]:
+            _add(into, tuple(row[: len(groups)]), row[len(groups) :])
+    if since and first_full and since != first_full:
+        edge = replace(filters, since=since, until=min(first_full, until or first_full))
+        _raw_groups(conn, groups, edge, into)
+    if until and last_full and until != last_full:
+        edge = replace(filters, since=max(last_full, since or last_full), until=until)
+        _raw_groups(conn, groups, edge, into)
+
+
+def aggregate(conn: sqlite3.Connection, groups: Sequence[str], filters: Filters) -> Groups:
+    """Sums per group key, from the hourly rollup where it can answer, else from `calls`."""
+    result: Groups = {}
+    if _rollup_usable(groups, filters) and _has_rollup(conn):
+        _rollup_groups(conn, groups, filters, result)
+    else:
+        _raw_groups(conn, groups, filters, result)
+    return result
+
+
+def _has_rollup(conn: sqlite3.Connection) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'calls_hourly'"
+    ).fetchone()
+    return found is not None
+
+
+def _as_row(sums: Sums) -> dict[str, Any]:
+    row: dict[str, Any] = dict(zip(_SUM_NAMES, sums))
     row["cost_usd"] = pico_to_usd(row.pop("cost_pusd"))
     inputs = row["input_tokens"]
     row["cache_hit_rate"] = round(row["cache_read_tokens"] / inputs, 4) if inputs else 0.0
     return row
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((v is None, str(v) if v is not None else "") for v in key)
 
 
 def usage_report(
@@ -251,36 +371,27 @@ def usage_report(
                     f"unknown grouping {given!r}: not one of {', '.join(BUILTIN_GROUPS)} and "
                     "no call in the log has that attribute",
                 )
-    where, params = filters.sql()
-    select_keys = []
-    joins = ""
-    key_params: list[Any] = []
-    for i, name in enumerate(groups):
-        if name.startswith("attr:"):
-            select_keys.append(f"json_extract(calls.attrs, ?) AS g{i}")
-            key_params.append(attr_path(name[5:]))
-        else:
-            select_keys.append(f"{group_expression(name)} AS g{i}")
-            if name == "tag":
-                joins = " LEFT JOIN json_each(calls.tags) AS tag_each"
-    rows: list[dict[str, Any]] = []
-    if groups:
-        keys = ", ".join(f"g{i}" for i in range(len(groups)))
+    grouped = aggregate(conn, groups, filters) if groups else {}
+    names = [g.removeprefix("attr:") for g in groups]
+    rows = []
+    for key in sorted(grouped, key=_sort_key):
+        rows.append({**dict(zip(names, key)), **_as_row(grouped[key])})
+    if groups and "tag" not in groups:
+        # Each call is in exactly one group, so the groups add up to the total.
+        total: Sums = [0] * len(_SUM_NAMES)
+        for sums in grouped.values():
+            total = [a + b for a, b in zip(total, sums)]
+    else:
+        total = aggregate(conn, [], filters).get((), [0] * len(_SUM_NAMES))
+    totals = _as_row(total)
+    unpriced = []
+    if totals["unpriced_calls"]:
+        where, params = filters.sql()
         sql = (
-            f"SELECT {', '.join(select_keys)}, {_select_sums()} FROM calls{joins} "
-            f"WHERE {where} GROUP BY {keys} ORDER BY {keys}"
+            "SELECT coalesce(response_model, model) AS model, provider, count(*) AS calls "
+            f"FROM calls WHERE ({where}) AND priced = 0 GROUP BY 1, 2 ORDER BY 3 DESC, 1"
         )
-        for raw in _query(conn, sql, key_params + params):
-            row = {g.removeprefix("attr:"): raw.pop(f"g{i}") for i, g in enumerate(groups)}
-            row.update(raw)
-            rows.append(_finish_row(row))
-    total_sql = f"SELECT {_select_sums()} FROM calls WHERE {where}"
-    totals = _finish_row(next(_query(conn, total_sql, params)))
-    unpriced_sql = (
-        "SELECT coalesce(response_model, model) AS model, provider, count(*) AS calls "
-        f"FROM calls WHERE ({where}) AND priced = 0 GROUP BY 1, 2 ORDER BY 3 DESC"
-    )
-    unpriced = list(_query(conn, unpriced_sql, params))
+        unpriced = list(_query(conn, sql, params))
     return UsageReport(groups, rows, totals, unpriced, filters.as_dict())
 
 

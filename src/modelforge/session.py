@@ -126,7 +126,7 @@ def _framework_activators(llamaindex: bool) -> list[Activator]:
     return activators
 
 
-class track_usage:  # noqa: N801 - used like a function: `with track_usage():`
+class track_usage:
     """Record every LLM call made inside the block, in LangChain or LlamaIndex.
 
     Keyword arguments become attributes on every record (`project="x"`), except:

@@ -74,8 +74,7 @@ COLUMNS = (
     "anomalies",
 )
 _INSERT = (
-    f"INSERT OR IGNORE INTO calls ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(COLUMNS))})"
+    f"INSERT OR IGNORE INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
 _PICO = Decimal(10) ** 12
 
@@ -163,10 +162,11 @@ def open_db(path: Path, *, create: bool = True) -> Database:
         raise UsageLogError(f"cannot open usage log {path}: {exc}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db = Database(conn)
         if create:
+            _refuse_foreign(db, path)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-        db = Database(conn)
         if create or db.table("calls").exists():
             _migrate(db, path)
         _check_schema(db, path)
@@ -190,6 +190,22 @@ def _migrate(db: Database, path: Path) -> None:
     # Processes that open a new file at once would race to create the table.
     with _file_lock(path):
         migrations.apply(db)
+
+
+def _refuse_foreign(db: Database, path: Path) -> None:
+    """Only a new, empty file gets our schema: never add tables to someone else's database."""
+    if db.table("calls").exists():
+        return
+    foreign = [
+        name
+        for name in db.table_names()
+        if name != migrations.migrations_table and not name.startswith("sqlite_")
+    ]
+    if foreign:
+        raise UsageLogError(
+            f"{path} is an SQLite file but not a model-forge usage log "
+            f"(it has tables: {', '.join(sorted(foreign))})"
+        )
 
 
 @contextlib.contextmanager

@@ -151,7 +151,7 @@ class _Builder:
         counts = self.counts
         total_in = min(counts.get("input_tokens", 0), MAX_TOKENS)
         total_out = min(counts.get("output_tokens", 0), MAX_TOKENS)
-        parts_in = _clamp_parts(counts, _INPUT_PARTS + ("input_audio_tokens",), total_in)
+        parts_in = _clamp_parts(counts, (*_INPUT_PARTS, "input_audio_tokens"), total_in)
         parts_out = _clamp_parts(counts, _OUTPUT_PARTS, total_out)
         if parts_in is not None:
             self.anomalies.append(f"input parts exceed input_tokens {total_in}; clamped")
@@ -172,7 +172,9 @@ class _Builder:
         )
 
 
-def _clamp_parts(counts: Mapping[str, int], parts: tuple[str, ...], whole: int) -> dict[str, int] | None:
+def _clamp_parts(
+    counts: Mapping[str, int], parts: tuple[str, ...], whole: int
+) -> dict[str, int] | None:
     """Shrink parts, in order, so they fit in `whole`; None when they already fit."""
     if sum(min(counts.get(p, 0), MAX_TOKENS) for p in parts) <= whole:
         return None
@@ -401,7 +403,10 @@ def extract_usage(payload: Any, service_tier: Any = None) -> Usage | None:
     if isinstance(payload, Mapping) and "usage" in payload:
         service_tier = service_tier or payload.get("service_tier")
         return extract_usage(payload["usage"], service_tier)
-    if field(payload, "prompt_tokens") is not None or field(payload, "completion_tokens") is not None:
+    if (
+        field(payload, "prompt_tokens") is not None
+        or field(payload, "completion_tokens") is not None
+    ):
         return from_openai_chat(payload, service_tier)
     if any(
         field(payload, k) is not None

@@ -249,13 +249,20 @@ class UsageCallbackHandler(BaseCallbackHandler):
         if run is None:
             return  # a run we never saw start; nothing reliable to record
         ended = time.perf_counter()
-        usage, served_model, service_tier = read_llm_result(response)
+        try:
+            usage, served_model, service_tier = read_llm_result(response)
+            outputs = _output_texts(response) if usage is None and error is None else []
+        except Exception as exc:
+            # An unreadable response still gets a record, estimated from the prompt alone.
+            self._failed("read_llm_result", exc)
+            usage, served_model, service_tier, outputs = None, None, None, []
         estimate_method = None
         if usage is None:
             if error is None:
-                outputs = _output_texts(response)
                 usage, estimate_method = estimate_usage(
-                    _prompt_texts(run.prompts), outputs, served_model or run.model,
+                    _prompt_texts(run.prompts),
+                    outputs,
+                    served_model or run.model,
                     chat=run.operation == "chat",
                 )
             else:
@@ -332,9 +339,11 @@ def read_llm_result(response: LLMResult | None) -> tuple[Usage | None, str | Non
     usage: Usage | None = None
     for generations in response.generations or []:
         for generation in generations or []:
-            message = getattr(generation, "message", None) if isinstance(
-                generation, ChatGeneration
-            ) else None
+            message = (
+                getattr(generation, "message", None)
+                if isinstance(generation, ChatGeneration)
+                else None
+            )
             meta = getattr(message, "response_metadata", None) or {}
             served = served or meta.get("model_name") or meta.get("model")
             tier = tier or meta.get("service_tier")

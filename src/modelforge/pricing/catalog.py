@@ -37,7 +37,11 @@ PRICE_FIELDS = (
     "output_audio",
 )
 # Other spellings seen in the wild for the same prices.
-_FIELD_ALIASES = {"cached_input": "cache_read", "cache_input": "cache_read", "cached_write": "cache_write"}
+_FIELD_ALIASES = {
+    "cached_input": "cache_read",
+    "cache_input": "cache_read",
+    "cached_write": "cache_write",
+}
 _IGNORED_COST_KEYS = frozenset({"tiers", "context_over_200k", "image", "citation", "request"})
 
 
@@ -190,7 +194,9 @@ def _parse_model(
         kind = spec.get("type", "context") if isinstance(spec, Mapping) else "context"
         if kind != "context":
             continue  # only prompt-size tiers are defined by models.dev today
-        tiers.append(Tier(size, _tier_prices(_parse_prices(raw, where, qualified, path, _BOTH), prices)))
+        tiers.append(
+            Tier(size, _tier_prices(_parse_prices(raw, where, qualified, path, _BOTH), prices))
+        )
     legacy = cost.get("context_over_200k")
     if legacy is not None and not any(t.size == 200_000 for t in tiers):
         tier_prices = _parse_prices(legacy, where, qualified, "cost.context_over_200k", _BOTH)
@@ -203,7 +209,9 @@ def _parse_model(
             if not isinstance(mode, Mapping) or not isinstance(mode.get("cost"), Mapping):
                 continue
             path = f"experimental.modes.{mode_name}.cost"
-            mode_prices = _tier_prices(_parse_prices(mode["cost"], where, qualified, path, _BOTH), prices)
+            mode_prices = _tier_prices(
+                _parse_prices(mode["cost"], where, qualified, path, _BOTH), prices
+            )
             for name in _mode_names(str(mode_name), mode):
                 modes.setdefault(name, mode_prices)
     limit: Mapping[str, Any] = model["limit"] if isinstance(model.get("limit"), Mapping) else {}
@@ -310,7 +318,9 @@ def load_json_text(text: str | bytes, source: str) -> Any:
         raise PriceTableError(source, f"invalid JSON: {exc}") from None
 
 
-def load_file(path: Path, *, strict: bool = True) -> tuple[list[CatalogEntry], list[PriceTableError]]:
+def load_file(
+    path: Path, *, strict: bool = True
+) -> tuple[list[CatalogEntry], list[PriceTableError]]:
     """Load a models.dev-shaped JSON or TOML file (the override file's formats)."""
     label = f"override:{path}"
     try:

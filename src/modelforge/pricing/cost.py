@@ -79,10 +79,11 @@ def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cos
             flags=("cache_hit",),
         )
     prices = entry.prices
-    tier = entry.tier_for(usage.input_tokens) if entry.tiers else None
-    if tier is not None:
-        prices = tier.prices
-        flags.append(f"context_tier>{tier.size}")
+    if entry.tiers:
+        tier = entry.tier_for(usage.input_tokens)
+        if tier is not None:
+            prices = tier.prices
+            flags.append(f"context_tier>{tier.size}")
     service_tier = usage.service_tier
     if service_tier and service_tier not in STANDARD_SERVICE_TIERS:
         mode = entry.modes.get(service_tier)
@@ -92,51 +93,85 @@ def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cos
             prices = mode
             flags.append(f"service_tier:{service_tier}")
 
-    cache_read = cache_write = audio = reasoning = ZERO
-    if usage.cache_read_tokens:
+    read = usage.cache_read_tokens
+    write_5m = usage.cache_write_tokens
+    write_1h = usage.cache_write_1h_tokens
+    audio_in = usage.input_audio_tokens
+    audio_out = usage.output_audio_tokens
+    reasoning_tokens = usage.reasoning_tokens
+    # Prices are per 1M tokens; scaleb shifts the exponent, so it is exact and cheap.
+    cache_read = cache_write = audio = reasoning = _UNUSED
+    if read:
         rate = prices.cache_read
         if rate is None:
             rate = prices.input
             flags.append("cache_read_at_input_price")
-        cache_read = rate * usage.cache_read_tokens
-    if usage.cache_write_tokens or usage.cache_write_1h_tokens:
-        cache_write = _cache_writes(entry, prices, usage, flags)
-    if usage.input_audio_tokens:
-        rate = prices.input_audio if prices.input_audio is not None else prices.input
-        audio = rate * usage.input_audio_tokens
-    if usage.output_audio_tokens:
-        rate = prices.output_audio if prices.output_audio is not None else prices.output
-        audio += rate * usage.output_audio_tokens
-    if usage.reasoning_tokens:
+        cache_read = (rate * read).scaleb(-6)
+    if write_5m or write_1h:
+        cache_write = _cache_writes(entry, prices, usage, flags).scaleb(-6)
+    if audio_in or audio_out:
+        audio = ZERO
+        if audio_in:
+            rate = prices.input_audio if prices.input_audio is not None else prices.input
+            audio = rate * audio_in
+        if audio_out:
+            rate = prices.output_audio if prices.output_audio is not None else prices.output
+            audio += rate * audio_out
+        audio = audio.scaleb(-6)
+    if reasoning_tokens:
         rate = prices.reasoning if prices.reasoning is not None else prices.output
-        reasoning = rate * usage.reasoning_tokens
-    text_in = (
-        usage.input_tokens
-        - usage.cache_read_tokens
-        - usage.cache_write_tokens
-        - usage.cache_write_1h_tokens
-        - usage.input_audio_tokens
-    )
-    text_out = usage.output_tokens - usage.reasoning_tokens - usage.output_audio_tokens
-    # Prices are per 1M tokens; scaleb shifts the exponent, so it is exact and cheap.
-    parts = (
-        (prices.input * text_in).scaleb(-6),
-        cache_read.scaleb(-6),
-        cache_write.scaleb(-6),
-        (prices.output * text_out).scaleb(-6),
-        reasoning.scaleb(-6),
-        audio.scaleb(-6),
-    )
-    return Cost(
-        *parts,
-        total=sum(parts, ZERO),
-        priced=True,
-        model=model or entry.model_id,
-        provider=entry.provider,
-        entry=entry,
-        source=entry.source,
-        flags=tuple(flags),
-    )
+        reasoning = (rate * reasoning_tokens).scaleb(-6)
+    text_in = prices.input * (usage.input_tokens - read - write_5m - write_1h - audio_in)
+    text_out = prices.output * (usage.output_tokens - reasoning_tokens - audio_out)
+    text_in, text_out = text_in.scaleb(-6), text_out.scaleb(-6)
+    total = ZERO + text_in + cache_read + cache_write + text_out + reasoning + audio
+    return _priced_cost(
+        text_in, cache_read, cache_write, text_out, reasoning, audio, total,
+        model or entry.model_id, entry, tuple(flags),
+    )  # fmt: skip
+
+
+# What a token class the call did not use adds: `0E-6`, as `ZERO.scaleb(-6)` always gave.
+_UNUSED = ZERO.scaleb(-6)
+_new = object.__new__
+(
+    _set_input, _set_cache_read, _set_cache_write, _set_output, _set_reasoning, _set_audio,
+    _set_total, _set_priced, _set_model, _set_provider, _set_entry, _set_source, _set_flags,
+    _set_currency,
+) = (Cost.__dict__[name].__set__ for name in Cost.__slots__)  # fmt: skip
+
+
+def _priced_cost(
+    input: Decimal,
+    cache_read: Decimal,
+    cache_write: Decimal,
+    output: Decimal,
+    reasoning: Decimal,
+    audio: Decimal,
+    total: Decimal,
+    model: str,
+    entry: CatalogEntry,
+    flags: tuple[str, ...],
+) -> Cost:
+    """`Cost(...)` for the hot path. The frozen dataclass `__init__` makes 14
+    `object.__setattr__` calls, which took longer than the pricing itself; the slot
+    descriptors set the same fields at a third of the cost."""
+    cost: Cost = _new(Cost)
+    _set_input(cost, input)
+    _set_cache_read(cost, cache_read)
+    _set_cache_write(cost, cache_write)
+    _set_output(cost, output)
+    _set_reasoning(cost, reasoning)
+    _set_audio(cost, audio)
+    _set_total(cost, total)
+    _set_priced(cost, True)
+    _set_model(cost, model)
+    _set_provider(cost, entry.provider)
+    _set_entry(cost, entry)
+    _set_source(cost, entry.source)
+    _set_flags(cost, flags)
+    _set_currency(cost, "USD")
+    return cost
 
 
 def is_anthropic_family(entry: CatalogEntry) -> bool:

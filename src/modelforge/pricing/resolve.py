@@ -51,10 +51,16 @@ PROVIDER_ALIASES = {
 
 # Where a bare model id most likely comes from, when no provider is known.
 _HOME_PROVIDERS = (
-    (re.compile(r"^(gpt-|o\d|chatgpt|text-embedding|davinci|babbage|whisper|tts-|dall-e)"), "openai"),
+    (
+        re.compile(r"^(gpt-|o\d|chatgpt|text-embedding|davinci|babbage|whisper|tts-|dall-e)"),
+        "openai",
+    ),
     (re.compile(r"^claude"), "anthropic"),
     (re.compile(r"^(gemini|gemma|text-embedding-00|embedding-00)"), "google"),
-    (re.compile(r"^(mistral|codestral|magistral|ministral|pixtral|devstral|open-mistral)"), "mistral"),
+    (
+        re.compile(r"^(mistral|codestral|magistral|ministral|pixtral|devstral|open-mistral)"),
+        "mistral",
+    ),
     (re.compile(r"^deepseek"), "deepseek"),
     (re.compile(r"^grok"), "xai"),
 )

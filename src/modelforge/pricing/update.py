@@ -43,11 +43,13 @@ def update_models_dev(url: str = DEFAULT_URL, timeout: float = 30.0) -> UpdateRe
     failed update keeps the previous cache.
     """
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - user URL
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             body = response.read()
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise PriceUpdateError(f"cannot download {url}: {reason}; kept the previous catalog") from None
+        raise PriceUpdateError(
+            f"cannot download {url}: {reason}; kept the previous catalog"
+        ) from None
     try:
         data = load_json_text(body, url)
         entries, errors = parse_api_json(data, url, strict=False)
