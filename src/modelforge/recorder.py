@@ -7,6 +7,8 @@ so every framework gets the same de-duplication, opt-out and attribution rules.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -14,9 +16,11 @@ from typing import TYPE_CHECKING
 
 from modelforge import config
 from modelforge.records import CallRecord, clean_attrs
+from modelforge.session import current_sessions
 
 if TYPE_CHECKING:
     from modelforge.session import UsageSession
+    from modelforge.store import UsageLog
 
 logger = logging.getLogger("modelforge")
 
@@ -50,8 +54,6 @@ def deliver(
     db: Path | str | None = None,
 ) -> None:
     """Hand one finished call to every session, the usage log and the sinks."""
-    from modelforge.session import current_sessions
-
     stack = _merge(tuple(sessions), current_sessions())
     if stack:
         record.attrs = clean_attrs(*(s.attrs for s in stack), record.attrs)
@@ -59,17 +61,72 @@ def deliver(
         count_anomalies(len(record.usage.anomalies))
     for session in stack:
         session.add(record)
-    if persist and not any(not s.persist for s in stack) and config.telemetry_status().enabled:
-        from modelforge.store import get_log
-
-        log_path = db or next((s.db for s in reversed(stack) if s.db), None)
-        get_log(log_path).submit(record)
+    if persist and not any(not s.persist for s in stack):
+        enabled, default_db = _log_settings()
+        if enabled:
+            log_path = db or next((s.db for s in reversed(stack) if s.db), None)
+            _get_log()(log_path or default_db).submit(record)
     if _sinks and _first_time(record.run_id):
         for sink in list(_sinks):
             try:
                 sink(record)
             except Exception as exc:
                 report_error("sink", exc)
+
+
+# Everything `config.telemetry_status()` and `config.default_db_path()` depend on: the
+# environment and the config file. Deriving them afresh on every call costs tens of µs
+# (paths built, the config file stat-ed twice), so a call only re-reads these values and
+# stats the config file once, and derives again when any of them changed.
+_SETTINGS_ENV = (
+    "MODELFORGE_TELEMETRY",
+    "DO_NOT_TRACK",
+    "MODELFORGE_DB",
+    "MODELFORGE_CONFIG_DIR",
+    "MODELFORGE_DATA_DIR",
+    # what platformdirs reads when the MODELFORGE_*_DIR variables are unset
+    *(("APPDATA", "LOCALAPPDATA") if sys.platform == "win32" else ()),
+    *(("XDG_CONFIG_HOME", "XDG_DATA_HOME") if sys.platform.startswith("linux") else ()),
+    "HOME",
+)
+_settings_memo: tuple[tuple[str | None, ...], str, int | None, bool, Path] | None = None
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _log_settings() -> tuple[bool, Path]:
+    """(whether the usage log may be written, the default log path)."""
+    global _settings_memo
+    getenv = os.environ.get
+    key = tuple([getenv(name) for name in _SETTINGS_ENV])
+    memo = _settings_memo
+    if memo is not None and memo[0] == key and _mtime(memo[1]) == memo[2]:
+        return memo[3], memo[4]
+    config_file = str(config.config_path())
+    stamp = _mtime(config_file)  # before reading, so a write during the read is noticed
+    enabled = config.telemetry_status().enabled
+    default_db = config.default_db_path()
+    _settings_memo = (key, config_file, stamp, enabled, default_db)
+    return enabled, default_db
+
+
+def _get_log() -> Callable[[Path | str | None], UsageLog]:
+    # Imported on first use: the store pulls in sqlite-utils, which an import of
+    # modelforge alone should not pay for.
+    global _get_log_fn
+    if _get_log_fn is None:
+        from modelforge.store import get_log
+
+        _get_log_fn = get_log
+    return _get_log_fn
+
+
+_get_log_fn: Callable[[Path | str | None], UsageLog] | None = None
 
 
 def _merge(a: tuple[UsageSession, ...], b: tuple[UsageSession, ...]) -> tuple[UsageSession, ...]:

@@ -7,6 +7,7 @@ reaches it: there is no field that could hold one.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,8 +25,18 @@ MAX_ATTRS = 32
 MAX_TAGS = 32
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def utc_now() -> str:
-    return format_ts(datetime.now(timezone.utc))
+    """`format_ts()` of the current time; the formatted second is reused while it lasts."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{int((now - whole) * 1_000_000):06d}Z"
 
 
 def format_ts(moment: datetime) -> str:

@@ -35,6 +35,10 @@ from modelforge.records import CallRecord
 logger = logging.getLogger("modelforge")
 
 FLUSH_INTERVAL = 0.2
+# How long the writer lets a burst of records pile up before one transaction writes
+# them all: waking per record would take the GIL from the callers thousands of times a
+# second. Well inside FLUSH_INTERVAL; flush() and close() cut it short.
+BATCH_WINDOW = 0.05
 BATCH_SIZE = 5_000
 MAX_PENDING = 100_000
 RECENT_RUN_IDS = 200_000
@@ -77,12 +81,16 @@ _INSERT = (
     f"INSERT OR IGNORE INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
 _PICO = Decimal(10) ** 12
+# What json.dumps(value, ensure_ascii=False) does, without building an encoder per call.
+_json_text = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def money_text(amount: Decimal | None) -> str | None:
     """Exact plain-decimal text without exponent or trailing zeros ('0.0035')."""
     if amount is None:
         return None
+    if not amount:  # most cost parts: skip the formatting
+        return "0"
     text = format(amount, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -134,8 +142,8 @@ def record_row(record: CallRecord) -> tuple[Any, ...]:
         record.ttft_ms,
         record.agent,
         record.run_name,
-        json.dumps(record.tags, ensure_ascii=False) if record.tags else None,
-        json.dumps(record.attrs, ensure_ascii=False) if record.attrs else None,
+        _json_text(record.tags) if record.tags else None,
+        _json_text(record.attrs) if record.attrs else None,
         json.dumps(usage.anomalies) if usage.anomalies else None,
     )
 
@@ -155,7 +163,7 @@ def open_db(path: Path, *, create: bool = True) -> Database:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Create the file ourselves so it is private from the first byte; SQLite gives
         # its -wal and -shm files the same mode.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        _held_fd(path)
     try:
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -208,6 +216,34 @@ def _refuse_foreign(db: Database, path: Path) -> None:
         )
 
 
+_held_fds: dict[str, int] = {}
+_held_fds_lock = threading.Lock()
+
+
+def _held_fd(path: Path) -> int:
+    """A descriptor of the log file (created mode 0600 if missing), kept open for good.
+
+    Closing *any* descriptor of a database file drops every POSIX lock this process holds
+    on it, SQLite's included; another process's SQLite may then take this process for
+    gone and delete the WAL it is still writing to, losing those records
+    (https://www.sqlite.org/howtocorrupt.html, section 2.2). So the descriptors used to
+    create and to lock the file are opened once per file and never closed.
+    """
+    key = str(path.absolute())
+    with _held_fds_lock:
+        fd = _held_fds.get(key)
+        if fd is not None:
+            try:
+                held, now = os.fstat(fd), os.stat(path)
+                if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                    return fd
+            except OSError:
+                pass
+            # The file was moved or deleted: leave the old descriptor open (see above).
+        fd = _held_fds[key] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        return fd
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     try:
@@ -215,13 +251,12 @@ def _file_lock(path: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: SQLite's own locking must do
         yield
         return
-    fd = os.open(path, os.O_RDWR)
+    fd = _held_fd(path)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _check_schema(db: Database, path: Path) -> None:
@@ -280,6 +315,7 @@ class UsageLog:
         self._recent_lock = threading.Lock()
         self._db: Database | None = None
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
         self._start_lock = threading.Lock()
         self._failing = False
         self._retention_applied = False
@@ -310,6 +346,7 @@ class UsageLog:
             return not self._pending
         marker = _Flush(threading.Event())
         self._queue.put(marker)
+        self._wake.set()
         return marker.done.wait(timeout) and not self._pending
 
     def close(self, timeout: float | None = 10.0) -> None:
@@ -317,6 +354,7 @@ class UsageLog:
         if self._thread is not None and self._thread.is_alive():
             marker = _Flush(threading.Event(), stop=True)
             self._queue.put(marker)
+            self._wake.set()
             marker.done.wait(timeout)
             self._thread.join(timeout)
         self._closed = True
@@ -347,6 +385,10 @@ class UsageLog:
                 first = self._queue.get(timeout=RETRY_DELAY if self._pending else None)
             except queue.Empty:
                 first = None
+            if isinstance(first, CallRecord) and self._queue.qsize() < BATCH_SIZE:
+                self._wake.wait(BATCH_WINDOW)
+            # A marker is queued before its wake-up is set, so clearing here loses none.
+            self._wake.clear()
             records: list[CallRecord] = []
             markers: list[_Flush] = []
             item: CallRecord | _Flush | None = first
@@ -381,10 +423,10 @@ class UsageLog:
         try:
             db = self._connect()
             conn = db.conn
-            before = conn.total_changes
             with conn:
-                conn.executemany(_INSERT, rows)
-            inserted = conn.total_changes - before
+                # rowcount sums each INSERT's own changes; total_changes would also count
+                # the rows the rollup triggers touch.
+                inserted = conn.executemany(_INSERT, rows).rowcount
             self.written += inserted
             self.duplicates += len(rows) - inserted
             rows.clear()
@@ -428,10 +470,16 @@ class UsageLog:
 
 _logs: dict[Path, UsageLog] = {}
 _logs_lock = threading.Lock()
+# Absolute paths as callers passed them, to their logs: skips building paths per call.
+_by_argument: dict[Path | str, UsageLog] = {}
 
 
 def get_log(path: Path | str | None = None) -> UsageLog:
     """The shared `UsageLog` for a path (default: `MODELFORGE_DB` or the data dir)."""
+    if path:
+        log = _by_argument.get(path)
+        if log is not None:
+            return log
     resolved = Path(path).expanduser() if path else config.default_db_path()
     key = resolved.absolute()
     log = _logs.get(key)
@@ -440,6 +488,11 @@ def get_log(path: Path | str | None = None) -> UsageLog:
             log = _logs.get(key)
             if log is None:
                 log = _logs[key] = UsageLog(resolved)
+    # Only an absolute path without "~" names the same file whatever the cwd or HOME.
+    if path and Path(path).is_absolute():
+        if len(_by_argument) > 1024:
+            _by_argument.clear()
+        _by_argument[path] = log
     return log
 
 
@@ -466,6 +519,7 @@ def close_all(timeout: float | None = 10.0) -> None:
     with _logs_lock:
         logs = list(_logs.values())
         _logs.clear()
+        _by_argument.clear()
     deadline = None if timeout is None else time.monotonic() + timeout
     for log in logs:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -474,8 +528,13 @@ def close_all(timeout: float | None = 10.0) -> None:
 
 def _after_fork_in_child() -> None:
     # The parent's writer threads do not exist in the child; start afresh.
-    global _logs_lock
+    global _logs_lock, _held_fds_lock
     _logs.clear()
+    _by_argument.clear()
+    # An inherited descriptor shares its flock with the parent: open our own (the
+    # inherited ones stay open, for the reason in _held_fd).
+    _held_fds.clear()
+    _held_fds_lock = threading.Lock()
     _logs_lock = threading.Lock()
 
 

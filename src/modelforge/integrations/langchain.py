@@ -29,13 +29,20 @@ from modelforge import config, recorder
 from modelforge.estimate import estimate_usage, text_of
 from modelforge.records import CallRecord, clean_attrs, clean_tags, price_call, utc_now
 from modelforge.session import UsageSession
-from modelforge.usage import Usage, extract_usage, from_langchain
+from modelforge.usage import (
+    MAX_TOKENS,
+    STANDARD_SERVICE_TIERS,
+    Usage,
+    extract_usage,
+    from_langchain,
+)
 
 __all__ = ["UsageCallbackHandler"]
 
 
 @dataclass(slots=True)
 class _Run:
+    run_id: str
     started: float
     ts: str
     provider: str | None
@@ -220,25 +227,30 @@ class UsageCallbackHandler(BaseCallbackHandler):
             or params.get("deployment_name")
         )
         provider = metadata.get("ls_provider") or _provider_from_class(serialized)
-        root = self._remember_root(run_id, parent_run_id)
         agent = metadata.get("langgraph_node") or metadata.get("agent")
-        attrs = clean_attrs({k: metadata[k] for k in self.metadata_keys if k in metadata})
-        run = _Run(
-            started=time.perf_counter(),
-            ts=utc_now(),
-            provider=provider if isinstance(provider, str) else None,
-            model=str(model) if model else None,
-            parent_run_id=str(parent_run_id) if parent_run_id else None,
-            trace_id=str(root),
-            agent=str(agent)[:256] if agent else None,
-            run_name=kwargs.get("name") if isinstance(kwargs.get("name"), str) else None,
-            tags=clean_tags(tags),
-            attrs=attrs,
-            operation=operation,
-            prompts=prompts,
-        )
+        picked = {k: metadata[k] for k in self.metadata_keys if k in metadata}
+        name = kwargs.get("name")
+        started, ts = time.perf_counter(), utc_now()
         with self._lock:
-            self._runs[run_id] = run
+            roots = self._roots
+            root = roots.get(parent_run_id, parent_run_id) if parent_run_id else run_id
+            roots[run_id] = root
+            run_text = str(run_id)
+            self._runs[run_id] = _Run(
+                run_id=run_text,
+                started=started,
+                ts=ts,
+                provider=provider if isinstance(provider, str) else None,
+                model=str(model) if model else None,
+                parent_run_id=str(parent_run_id) if parent_run_id else None,
+                trace_id=run_text if root is run_id else str(root),
+                agent=str(agent)[:256] if agent else None,
+                run_name=name if isinstance(name, str) else None,
+                tags=clean_tags(tags),
+                attrs=clean_attrs(picked) if picked else {},
+                operation=operation,
+                prompts=prompts,
+            )
 
     def _finish(
         self, run_id: UUID, response: LLMResult | None, error: BaseException | None
@@ -268,10 +280,13 @@ class UsageCallbackHandler(BaseCallbackHandler):
             else:
                 usage = Usage()
         if service_tier and not usage.service_tier:
-            usage = usage.model_copy(update={"service_tier": service_tier})
+            tier = service_tier.lower()
+            # "default"/"auto" is the standard price: not recorded, as in the extractors.
+            if tier not in STANDARD_SERVICE_TIERS:
+                usage = usage.model_copy(update={"service_tier": tier})
         cost = price_call(usage, run.model, served_model, run.provider)
         record = CallRecord(
-            run_id=str(run_id),
+            run_id=run.run_id,
             usage=usage,
             cost=cost,
             ts=run.ts,
@@ -350,13 +365,73 @@ def read_llm_result(response: LLMResult | None) -> tuple[Usage | None, str | Non
             if usage is None:
                 metadata = getattr(message, "usage_metadata", None)
                 if metadata:
-                    usage = from_langchain(metadata)
+                    usage = _plain_usage(metadata) or from_langchain(metadata)
                 elif generation.generation_info:
                     info = generation.generation_info
                     usage = extract_usage(info.get("usage") or info.get("token_usage"), tier)
     if usage is None:
         usage = extract_usage(llm_output.get("token_usage") or llm_output.get("usage"), tier)
     return usage, str(served) if served else None, tier if isinstance(tier, str) else None
+
+
+_PLAIN_INPUT_DETAILS = frozenset(
+    {
+        "cache_read",
+        "cache_creation",
+        "audio",
+        "ephemeral_5m_input_tokens",
+        "ephemeral_1h_input_tokens",
+    }
+)
+_PLAIN_OUTPUT_DETAILS = frozenset({"reasoning", "audio"})
+
+
+def _plain_usage(metadata: Any) -> Usage | None:
+    """`from_langchain(metadata)` for the everyday shape, in a quarter of the time.
+
+    That shape: a dict of plain non-negative ints, only the detail keys langchain-openai
+    and langchain-anthropic emit at the standard tier, no `total_cost`, parts within
+    their wholes. Anything else returns None, and `from_langchain` handles it (tiers,
+    coercion, clamping, anomalies), so results never differ.
+    """
+    if type(metadata) is not dict or "total_cost" in metadata:
+        return None
+    inp = metadata.get("input_tokens")
+    out = metadata.get("output_tokens")
+    if type(inp) is not int or type(out) is not int:
+        return None
+    details_in = metadata.get("input_token_details") or {}
+    details_out = metadata.get("output_token_details") or {}
+    if (
+        type(details_in) is not dict
+        or type(details_out) is not dict
+        or not _PLAIN_INPUT_DETAILS.issuperset(details_in)
+        or not _PLAIN_OUTPUT_DETAILS.issuperset(details_out)
+    ):
+        return None
+    for value in (inp, out, *details_in.values(), *details_out.values()):
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_TOKENS):
+            return None
+    read = details_in.get("cache_read") or 0
+    five_min = details_in.get("ephemeral_5m_input_tokens") or 0
+    one_hour = details_in.get("ephemeral_1h_input_tokens") or 0
+    # `cache_creation` is 0 when the TTL split is given, or else the whole.
+    write = five_min + max((details_in.get("cache_creation") or 0) - five_min - one_hour, 0)
+    audio_in = details_in.get("audio") or 0
+    reasoning = details_out.get("reasoning") or 0
+    audio_out = details_out.get("audio") or 0
+    if read + write + one_hour + audio_in > inp or reasoning + audio_out > out:
+        return None
+    return Usage(
+        input_tokens=inp,
+        output_tokens=out,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        cache_write_1h_tokens=one_hour,
+        input_audio_tokens=audio_in,
+        reasoning_tokens=reasoning,
+        output_audio_tokens=audio_out,
+    )
 
 
 def _prompt_texts(prompts: Any) -> list[str]:

@@ -1,0 +1,172 @@
+"""LangChain handler overhead: added latency per `invoke`, and sustained throughput.
+
+(a) A fake chat model whose reply carries `usage_metadata` is invoked with no handler,
+    with our `UsageCallbackHandler()` (priced, persisted to a temporary log) and with
+    langchain-core's `UsageMetadataCallbackHandler` (in memory), interleaved in one run.
+(b) 50,000 calls go straight through the handler's callbacks, then `modelforge.flush()`;
+    every row must be in the log.
+
+Run from anywhere: `python bench/bench_langchain.py`. User dirs point at a temporary
+folder, so the real usage log is never touched.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+TARGET_RATIO = 1.2
+INVOKES = 2_000
+ROUNDS = 7
+THROUGHPUT_CALLS = 50_000
+
+_home = tempfile.mkdtemp(prefix="modelforge-bench-")
+atexit.register(shutil.rmtree, _home, True)
+for _var, _sub in (("CONFIG", "config"), ("CACHE", "cache"), ("DATA", "data")):
+    os.environ[f"MODELFORGE_{_var}_DIR"] = os.path.join(_home, _sub)
+for _var in ("MODELFORGE_DB", "MODELFORGE_PRICES", "MODELFORGE_TELEMETRY", "DO_NOT_TRACK"):
+    os.environ.pop(_var, None)
+
+from langchain_core.callbacks import (  # noqa: E402
+    BaseCallbackHandler,
+    UsageMetadataCallbackHandler,
+)
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
+from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
+from langchain_core.outputs import ChatGeneration, LLMResult  # noqa: E402
+
+import modelforge  # noqa: E402
+from modelforge import config  # noqa: E402
+from modelforge.langchain import UsageCallbackHandler  # noqa: E402
+
+USAGE = {
+    "input_tokens": 1200,
+    "output_tokens": 300,
+    "total_tokens": 1500,
+    "input_token_details": {"cache_read": 1000},
+    "output_token_details": {"reasoning": 100},
+}
+
+
+def _reply() -> AIMessage:
+    return AIMessage(
+        content="fine, thanks",
+        usage_metadata=USAGE,
+        response_metadata={"model_name": "gpt-4o"},
+    )
+
+
+def _model() -> GenericFakeChatModel:
+    return GenericFakeChatModel(messages=itertools.cycle([_reply()]))
+
+
+def _rows(path: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def invoke_overhead() -> dict[str, float]:
+    """Best-of-rounds µs per invoke for each configuration, rounds interleaved."""
+    ours = UsageCallbackHandler()
+    theirs = UsageMetadataCallbackHandler()
+    setups: dict[str, Callable[[], Any]] = {}
+    for name, callbacks in (
+        ("no handler", None),
+        ("empty BaseCallbackHandler", [BaseCallbackHandler()]),
+        ("UsageCallbackHandler(persist=False)", [UsageCallbackHandler(persist=False)]),
+        ("UsageCallbackHandler", [ours]),
+    ):
+        model = _model()
+        run_config: Any = {"callbacks": callbacks} if callbacks else None
+        setups[name] = partial(model.invoke, "how are you?", config=run_config)
+    theirs_model = _model()
+    setups["UsageMetadataCallbackHandler"] = lambda: theirs_model.invoke(
+        "how are you?", config={"callbacks": [theirs]}
+    )
+
+    for fn in setups.values():  # warm up imports, the price table and the log file
+        for _ in range(200):
+            fn()
+    assert modelforge.flush()
+    best = dict.fromkeys(setups, float("inf"))
+    for _ in range(ROUNDS):
+        for name, fn in setups.items():
+            start = time.perf_counter()
+            for _ in range(INVOKES):
+                fn()
+            # Writing the round's records is part of its cost, not the next round's.
+            assert modelforge.flush()
+            best[name] = min(best[name], (time.perf_counter() - start) / INVOKES * 1e6)
+    assert modelforge.flush()
+    assert ours.errors == 0
+    expected = (ROUNDS * INVOKES) + 200
+    written = _rows(str(config.default_db_path()))
+    assert written == expected, (written, expected)
+    return best
+
+
+def throughput() -> tuple[float, float, int]:
+    """(handler calls/s, rows/s to disk including the final flush, rows found)."""
+    path = os.path.join(_home, "throughput.db")
+    handler = UsageCallbackHandler(db=path)
+    serialized = {"id": ["langchain", "chat_models", "openai", "ChatOpenAI"]}
+    messages = [[HumanMessage("how are you?")]]
+    params = {"model": "gpt-4o"}
+    metadata = {"ls_provider": "openai", "ls_model_name": "gpt-4o", "user_id": "u-1"}
+    result = LLMResult(generations=[[ChatGeneration(message=_reply())]])
+    run_ids = [uuid.uuid4() for _ in range(THROUGHPUT_CALLS)]
+
+    start = time.perf_counter()
+    for run_id in run_ids:
+        handler.on_chat_model_start(
+            serialized, messages, run_id=run_id, metadata=metadata, invocation_params=params
+        )
+        handler.on_llm_end(result, run_id=run_id)
+    handled = time.perf_counter() - start
+    assert modelforge.flush(timeout=120)
+    stored = time.perf_counter() - start
+    rows = _rows(path)
+    assert rows == THROUGHPUT_CALLS, rows
+    assert handler.errors == 0
+    return THROUGHPUT_CALLS / handled, THROUGHPUT_CALLS / stored, rows
+
+
+def main() -> int:
+    print(f"python {sys.version.split()[0]}; {INVOKES} invokes x best of {ROUNDS} rounds")
+    best = invoke_overhead()
+    base = best["no handler"]
+    print()
+    print(f"{'(a) invoke of a fake chat model':<38}{'µs/invoke':>11}{'added µs':>11}")
+    for name, us in best.items():
+        print(f"{name:<38}{us:>11.1f}{us - base:>11.1f}")
+    ours, theirs = best["UsageCallbackHandler"], best["UsageMetadataCallbackHandler"]
+    ratio = ours / theirs
+    added_ratio = (ours - base) / max(theirs - base, 1e-9)
+    verdict = "ok" if ratio <= TARGET_RATIO else "SLOWER THAN TARGET"
+    print(f"ours / theirs per invoke: {ratio:.3f}x (target <= {TARGET_RATIO}x: {verdict})")
+    print(f"ours / theirs added latency only: {added_ratio:.2f}x")
+
+    calls_per_s, rows_per_s, rows = throughput()
+    print()
+    print(f"(b) {THROUGHPUT_CALLS:,} calls through the handler callbacks")
+    print(f"handler calls/s (start + end):     {calls_per_s:>12,.0f}")
+    print(f"rows/s written, incl. final flush: {rows_per_s:>12,.0f}")
+    print(f"rows in the log:                   {rows:>12,}")
+    return 0 if ratio <= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

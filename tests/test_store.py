@@ -1,0 +1,279 @@
+"""The SQLite usage log: file safety, schema, de-duplication and the background writer."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelforge import CallRecord, Usage, UsageLogError, price, store
+from modelforge.migrations import migrations
+from modelforge.store import UsageLog, get_log, open_db
+
+
+def _record(run_id: str, model: str = "gpt-4o", **tokens: int) -> CallRecord:
+    usage = Usage.model_validate({"input_tokens": 1000, "output_tokens": 100} | tokens)
+    return CallRecord(run_id=run_id, usage=usage, cost=price(model, usage))
+
+
+def _query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _count(path: Path) -> int:
+    ((count,),) = _query(path, "SELECT COUNT(*) FROM calls")
+    return int(count)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_new_log_is_private_wal_and_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "usage.db"
+    log = get_log(path)
+    assert log.submit(_record("r1"))
+    assert log.flush()
+
+    assert _mode(path) == 0o600
+    assert _mode(path.parent) == 0o700
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists():
+        assert _mode(wal) == 0o600
+    assert _query(path, "PRAGMA journal_mode") == [("wal",)]
+    names = [
+        name
+        for (name,) in _query(
+            path, "SELECT name FROM _sqlite_migrations WHERE migration_set = 'modelforge'"
+        )
+    ]
+    assert names[0] == "m001_create_calls"
+    assert names == [m.name for m in migrations._migrations]
+    assert _count(path) == 1
+
+
+def test_reopening_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    log = UsageLog(path)
+    log.submit(_record("kept"))
+    log.close()
+    first = open_db(path)
+    schema = first.conn.execute(
+        "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+    ).fetchall()
+    first.conn.close()
+
+    for create in (True, False, True):
+        again = open_db(path, create=create)
+        assert migrations.pending(again) == []
+        assert (
+            again.conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+            == schema
+        )
+        again.conn.close()
+    ((applied,),) = _query(path, "SELECT COUNT(*) FROM _sqlite_migrations")
+    assert applied == len(migrations._migrations)
+    assert _query(path, "SELECT run_id FROM calls") == [("kept",)]
+
+
+def test_run_id_is_unique_and_duplicates_are_counted(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    log = UsageLog(path)
+    assert log.submit(_record("same")) is True
+    assert log.submit(_record("same")) is False  # caught before it reaches the queue
+    assert log.flush()
+    assert (log.stats().written, log.stats().duplicates) == (1, 1)
+
+    # Another writer (as another process would be) knows nothing of the first one's
+    # run_ids: the unique index turns its copy into an ignored INSERT.
+    other = UsageLog(path)
+    assert other.submit(_record("same")) is True
+    assert other.submit(_record("different")) is True
+    assert other.flush()
+    assert (other.stats().written, other.stats().duplicates) == (1, 1)
+    log.close()
+    other.close()
+
+    assert _query(path, "SELECT run_id FROM calls ORDER BY id") == [("same",), ("different",)]
+
+
+def test_flush_and_close_all_write_everything(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    log = get_log(path)
+    for i in range(2000):
+        log.submit(_record(f"a{i}"))
+    assert store.flush()
+    assert _count(path) == 2000
+    assert log.stats().pending == 0
+
+    for i in range(500):
+        log.submit(_record(f"b{i}"))
+    store.close_all()  # no flush first
+    assert _count(path) == 2500
+    assert store._logs == {}
+
+
+def test_foreign_sqlite_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.commit()
+    conn.close()
+
+    for create in (True, False):
+        with pytest.raises(
+            UsageLogError, match="is an SQLite file but not a model-forge usage log"
+        ):
+            open_db(path, create=create)
+
+    log = UsageLog(path)
+    log.submit(_record("r1"))
+    assert log.flush() is False  # held in memory, never written into someone else's file
+    assert log.stats().errors >= 1
+    assert log.stats().pending == 1
+    log.close(timeout=2)
+    names = _query(path, "SELECT name FROM sqlite_master")
+    assert names == [("notes",)]
+    assert _query(path, "PRAGMA journal_mode") == [("delete",)]
+
+
+def test_corrupted_file_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    path.write_bytes(b"this is not a database " * 200)
+
+    for create in (True, False):
+        with pytest.raises(UsageLogError, match=r"is not a usable SQLite file") as raised:
+            open_db(path, create=create)
+        assert str(path) in str(raised.value)
+        assert "move it aside" in str(raised.value)
+
+
+def test_missing_file_is_not_created_when_only_reading(tmp_path: Path) -> None:
+    path = tmp_path / "absent.db"
+    with pytest.raises(UsageLogError, match="no usage log at"):
+        open_db(path, create=False)
+    assert not path.exists()
+
+
+_PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    # SQLite's SHARED byte range: busy while another process has the database open in WAL.
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 510, 0x40000002, 0)
+    print("free")
+except OSError:
+    print("held")
+"""
+
+
+def _sqlite_lock(path: Path) -> str:
+    run = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True)
+    return run.stdout.strip()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX advisory locks")
+def test_opening_the_log_again_keeps_the_writers_locks(tmp_path: Path) -> None:
+    # Closing any descriptor of the file drops all of this process's POSIX locks on it,
+    # after which another process may delete the WAL that the writer still appends to.
+    path = tmp_path / "usage.db"
+    log = get_log(path)
+    log.submit(_record("r1"))
+    assert log.flush()
+    assert _sqlite_lock(path) == "held"
+
+    open_db(path).conn.close()
+    open_db(path, create=False).conn.close()
+    log.submit(_record("r2"))
+    assert log.flush()
+    assert _sqlite_lock(path) == "held"
+    assert _count(path) == 2
+
+
+def _submit_many(path: str, prefix: str, count: int, barrier: Any) -> None:
+    """Runs in a spawned process: one writer of several on the same file."""
+    barrier.wait(timeout=60)
+    log = get_log(path)
+    for i in range(count):
+        log.submit(_record(f"{prefix}-{i}"))
+    if not log.flush(timeout=60):
+        raise SystemExit(f"{prefix}: flush failed: {log.stats()}")
+
+
+def test_several_processes_write_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    processes = [
+        ctx.Process(target=_submit_many, args=(str(path), f"p{n}", 500, barrier)) for n in range(3)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+
+    assert _count(path) == 1500
+    ((distinct,),) = _query(path, "SELECT COUNT(DISTINCT run_id) FROM calls")
+    assert distinct == 1500
+    for n in range(3):
+        ((mine,),) = _query(path, f"SELECT COUNT(*) FROM calls WHERE run_id LIKE 'p{n}-%'")
+        assert mine == 500
+    assert _mode(path) == 0o600
+
+
+def test_records_survive_interpreter_exit_without_flush(tmp_path: Path) -> None:
+    path = tmp_path / "exit.db"
+    code = (
+        "import sys\n"
+        "from modelforge import CallRecord, Usage, price\n"
+        "from modelforge.store import get_log\n"
+        "usage = Usage(input_tokens=10, output_tokens=1)\n"
+        "log = get_log(sys.argv[1])\n"
+        "for i in range(300):\n"
+        "    log.submit(CallRecord(run_id=f'x{i}', usage=usage, cost=price('gpt-4o', usage)))\n"
+        "# no flush: the exit hook writes what is queued\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+    assert _count(path) == 300
+
+
+def test_money_is_exact_text_and_integer_pico_dollars(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    log = get_log(path)
+    # gpt-4o: 1000 * 2.5 + 100 * 10 = 3500 per 1M -> 0.0035
+    log.submit(_record("standard"))
+    # gpt-5-mini: one cache-read token at 0.025 per 1M -> 0.000000025
+    log.submit(
+        _record("tiny", model="gpt-5-mini", input_tokens=1, output_tokens=0, cache_read_tokens=1)
+    )
+    # An unknown model has no price: NULL, never 0.
+    log.submit(_record("unpriced", model="no-such-model-xyz"))
+    assert log.flush()
+
+    rows = _query(
+        path,
+        "SELECT run_id, cost_usd, typeof(cost_usd), cost_pusd, typeof(cost_pusd), "
+        "cost_input, cost_output, cost_cache_read, priced FROM calls ORDER BY id",
+    )
+    assert rows == [
+        ("standard", "0.0035", "text", 3_500_000_000, "integer", "0.0025", "0.001", "0", 1),
+        ("tiny", "0.000000025", "text", 25_000, "integer", "0", "0", "0.000000025", 1),
+        ("unpriced", None, "null", None, "null", None, None, None, 0),
+    ]
+    ((total,),) = _query(path, "SELECT SUM(cost_pusd) FROM calls")
+    # 3_500_000_000 + 25_000 pico-dollars
+    assert total == 3_500_025_000
+    assert Decimal(total).scaleb(-12) == Decimal("0.003500025")
