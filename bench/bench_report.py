@@ -22,7 +22,7 @@ from pathlib import Path
 from modelforge import report
 from modelforge.pricing.cost import price
 from modelforge.records import CallRecord, format_ts
-from modelforge.store import _INSERT, open_db, record_row
+from modelforge.store import insert_rows, open_db, record_row
 from modelforge.usage import Usage
 
 MODELS = [
@@ -61,14 +61,12 @@ def build(path: Path, rows: int) -> float:
         )
         batch.append(record_row(record))
         if len(batch) == 50_000:
-            with db.conn:
-                db.conn.executemany(_INSERT, batch)
+            insert_rows(db, batch)
             batch.clear()
     if batch:
-        with db.conn:
-            db.conn.executemany(_INSERT, batch)
-    db.conn.execute("ANALYZE")
-    db.conn.close()
+        insert_rows(db, batch)
+    db.execute("ANALYZE")
+    db.close()
     return time.perf_counter() - started
 
 
@@ -96,7 +94,7 @@ def main() -> None:
     path = args.db or workdir / "usage.db"
     if not path.exists():
         print(f"building {args.rows:,} rows … {build(path, args.rows):.1f} s")
-    conn = open_db(path, create=False).conn
+    conn = open_db(path, create=False)
     rows = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
 
     results = []

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlite_utils
 
 from modelforge import CallRecord, Usage, UsageLogError, price, store
 from modelforge.migrations import migrations
+from modelforge.schema import MIGRATION_NAMES
 from modelforge.store import UsageLog, get_log, open_db
 
 
@@ -61,6 +63,8 @@ def test_new_log_is_private_wal_and_migrated(tmp_path: Path) -> None:
     ]
     assert names[0] == "m001_create_calls"
     assert names == [m.name for m in migrations._migrations]
+    # open_db decides "up to date" from this constant, without importing sqlite-utils.
+    assert tuple(names) == MIGRATION_NAMES
     assert _count(path) == 1
 
 
@@ -70,19 +74,17 @@ def test_reopening_is_idempotent(tmp_path: Path) -> None:
     log.submit(_record("kept"))
     log.close()
     first = open_db(path)
-    schema = first.conn.execute(
-        "SELECT type, name, sql FROM sqlite_master ORDER BY name"
-    ).fetchall()
-    first.conn.close()
+    schema = first.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    first.close()
 
     for create in (True, False, True):
         again = open_db(path, create=create)
-        assert migrations.pending(again) == []
+        assert migrations.pending(sqlite_utils.Database(again)) == []
         assert (
-            again.conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+            again.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
             == schema
         )
-        again.conn.close()
+        again.close()
     ((applied,),) = _query(path, "SELECT COUNT(*) FROM _sqlite_migrations")
     assert applied == len(migrations._migrations)
     assert _query(path, "SELECT run_id FROM calls") == [("kept",)]
@@ -194,8 +196,8 @@ def test_opening_the_log_again_keeps_the_writers_locks(tmp_path: Path) -> None:
     assert log.flush()
     assert _sqlite_lock(path) == "held"
 
-    open_db(path).conn.close()
-    open_db(path, create=False).conn.close()
+    open_db(path).close()
+    open_db(path, create=False).close()
     log.submit(_record("r2"))
     assert log.flush()
     assert _sqlite_lock(path) == "held"
@@ -277,3 +279,44 @@ def test_money_is_exact_text_and_integer_pico_dollars(tmp_path: Path) -> None:
     # 3_500_000_000 + 25_000 pico-dollars
     assert total == 3_500_025_000
     assert Decimal(total).scaleb(-12) == Decimal("0.003500025")
+
+
+_ROLLUP_FROM_RAW = """
+    SELECT substr(ts, 1, 13), coalesce(provider, ''), coalesce(response_model, model, ''),
+           coalesce(agent, ''), status, priced, estimated, count(*), sum(input_tokens),
+           sum(cache_read_tokens), sum(cache_write_tokens + cache_write_1h_tokens),
+           sum(output_tokens), sum(reasoning_tokens), coalesce(sum(cost_pusd), 0)
+    FROM calls GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7
+"""
+_ROLLUP = """
+    SELECT hour, provider, model, agent, status, priced, estimated, calls, input_tokens,
+           cache_read_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_pusd
+    FROM calls_hourly WHERE calls > 0 ORDER BY 1, 2, 3, 4, 5, 6, 7
+"""
+
+
+def test_hourly_rollup_matches_the_rows_through_duplicates_and_prune(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    hours = ["2026-11-01T09:15:00.000000Z", "2026-11-01T09:45:00.000000Z", "2026-11-01T10:05:00Z"]
+    first, second = UsageLog(path), UsageLog(path)
+    for i in range(30):
+        record = _record(f"r{i}", "gpt-4o" if i % 3 else "mystery-model", cache_read_tokens=i)
+        record.ts = hours[i % 3]
+        record.agent = "writer" if i % 2 else None
+        first.submit(record)
+        if i % 4 == 0:
+            second.submit(record)  # the same run from another writer: ignored by run_id
+    first.close()
+    second.close()
+    assert _count(path) == 30
+    assert first.duplicates + second.duplicates == 8
+    assert _query(path, _ROLLUP) == _query(path, _ROLLUP_FROM_RAW)
+    ((hour_9_calls,),) = _query(path, "SELECT sum(calls) FROM calls_hourly WHERE hour LIKE '%T09'")
+    assert hour_9_calls == 20
+
+    conn = open_db(path)
+    with conn:
+        conn.execute("DELETE FROM calls WHERE ts < '2026-11-01T09:30'")
+    conn.close()
+    assert _count(path) == 20
+    assert _query(path, _ROLLUP) == _query(path, _ROLLUP_FROM_RAW)

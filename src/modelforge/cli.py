@@ -138,11 +138,11 @@ def _open_log(db: Path | None) -> Any:
     if db is not None:
         if not db.exists():
             raise click.UsageError(f"--db: no usage log at {db}")
-        return open_db(db, create=False).conn
+        return open_db(db, create=False)
     path = config.default_db_path()
     if not path.exists():
         return None
-    return open_db(path, create=False).conn
+    return open_db(path, create=False)
 
 
 def _money(amount: Decimal | None) -> str:
@@ -803,7 +803,7 @@ def telemetry_status() -> None:
         for p in (path.with_name(path.name + s) for s in ("-wal", "-shm"))
         if p.exists()
     )
-    info = report.summary(open_db(path, create=False).conn)
+    info = report.summary(open_db(path, create=False))
     click.echo(f"Log size:  {size:,} bytes, {info.rows:,} call(s)")
     if info.rows:
         click.echo(f"Range:     {info.first_ts} … {info.last_ts}")

@@ -19,18 +19,22 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-
 from modelforge import config
 from modelforge.errors import UsageLogError
-from modelforge.migrations import COST_PART_COLUMNS, TOKEN_COLUMNS, migrations
 from modelforge.records import CallRecord
+from modelforge.schema import (
+    COST_PART_COLUMNS,
+    MIGRATION_NAMES,
+    MIGRATIONS_TABLE,
+    TOKEN_COLUMNS,
+    rollup_batch_sql,
+)
 
 logger = logging.getLogger("modelforge")
 
@@ -81,6 +85,7 @@ _INSERT = (
     f"INSERT OR IGNORE INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
 _PICO = Decimal(10) ** 12
+_ROLLUP_BATCH = rollup_batch_sql()
 # What json.dumps(value, ensure_ascii=False) does, without building an encoder per call.
 _json_text = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -151,10 +156,11 @@ def record_row(record: CallRecord) -> tuple[Any, ...]:
 # --- opening the file ---------------------------------------------------------------
 
 
-def open_db(path: Path, *, create: bool = True) -> Database:
+def open_db(path: Path | str, *, create: bool = True) -> sqlite3.Connection:
     """Open (and with `create`, make) the log: mode 0600, WAL, migrated.
 
-    Raises UsageLogError with a plain explanation for a missing, foreign or corrupted file.
+    The connection is in autocommit mode; writers use `insert_rows`. Raises
+    UsageLogError with a plain explanation for a missing, foreign or corrupted file.
     """
     path = Path(path)
     if not create and not path.exists():
@@ -165,19 +171,24 @@ def open_db(path: Path, *, create: bool = True) -> Database:
         # its -wal and -shm files the same mode.
         _held_fd(path)
     try:
-        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        conn = sqlite3.connect(
+            str(path),
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=False,
+            isolation_level=None,
+        )
     except sqlite3.Error as exc:
         raise UsageLogError(f"cannot open usage log {path}: {exc}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db = Database(conn)
+        tables = _table_names(conn)
         if create:
-            _refuse_foreign(db, path)
+            _refuse_foreign(tables, path)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-        if create or db.table("calls").exists():
-            _migrate(db, path)
-        _check_schema(db, path)
+        if (create or "calls" in tables) and _needs_migration(conn, tables):
+            _migrate(conn, path)
+        _check_schema(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
         if "not a database" in str(exc) or "malformed" in str(exc):
@@ -189,31 +200,64 @@ def open_db(path: Path, *, create: bool = True) -> Database:
     except UsageLogError:
         conn.close()
         raise
-    return db
+    return conn
 
 
-def _migrate(db: Database, path: Path) -> None:
-    if not migrations.pending(db):
-        return
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _needs_migration(conn: sqlite3.Connection, tables: set[str]) -> bool:
+    if MIGRATIONS_TABLE not in tables:
+        return True
+    applied = {
+        row[0]
+        for row in conn.execute(
+            f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = 'modelforge'"
+        )
+    }
+    return not applied.issuperset(MIGRATION_NAMES)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    from sqlite_utils import Database
+
+    from modelforge.migrations import migrations
+
+    db = Database(conn)
     # Processes that open a new file at once would race to create the table.
     with _file_lock(path):
-        migrations.apply(db)
+        if migrations.pending(db):
+            migrations.apply(db)
 
 
-def _refuse_foreign(db: Database, path: Path) -> None:
+def _refuse_foreign(tables: set[str], path: Path) -> None:
     """Only a new, empty file gets our schema: never add tables to someone else's database."""
-    if db.table("calls").exists():
+    if "calls" in tables:
         return
-    foreign = [
-        name
-        for name in db.table_names()
-        if name != migrations.migrations_table and not name.startswith("sqlite_")
-    ]
+    foreign = [n for n in tables if n != MIGRATIONS_TABLE and not n.startswith("sqlite_")]
     if foreign:
         raise UsageLogError(
             f"{path} is an SQLite file but not a model-forge usage log "
             f"(it has tables: {', '.join(sorted(foreign))})"
         )
+
+
+def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert `calls` rows (duplicate run_ids ignored) and fold them into the hourly
+    rollup, in one transaction. Returns how many rows were new."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        last_id = conn.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()[0]
+        inserted = conn.executemany(_INSERT, rows).rowcount
+        if inserted:
+            conn.execute(_ROLLUP_BATCH, (last_id,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return int(inserted)
 
 
 _held_fds: dict[str, int] = {}
@@ -259,11 +303,11 @@ def _file_lock(path: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _check_schema(db: Database, path: Path) -> None:
-    table = db.table("calls")
-    if not table.exists():
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+    if not columns:
         raise UsageLogError(f"{path} is an SQLite file but not a model-forge usage log")
-    missing = set(COLUMNS) - set(table.columns_dict)
+    missing = set(COLUMNS) - columns
     if missing:
         raise UsageLogError(
             f"{path} is not a model-forge usage log (missing columns: {', '.join(sorted(missing))})"
@@ -313,7 +357,7 @@ class UsageLog:
         self._pending: deque[tuple[Any, ...]] = deque()
         self._recent: dict[str, None] = {}
         self._recent_lock = threading.Lock()
-        self._db: Database | None = None
+        self._db: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
@@ -370,6 +414,11 @@ class UsageLog:
         )
 
     def _start(self) -> None:
+        # A new log is migrated with sqlite-utils, which imports pandas when installed,
+        # which imports concurrent.futures.thread, which registers an exit hook: that
+        # fails if it first happens while the interpreter exits, so do it now.
+        import concurrent.futures.thread  # noqa: F401
+
         with self._start_lock:
             if self._thread is None:
                 thread = threading.Thread(
@@ -380,6 +429,10 @@ class UsageLog:
 
     # The writer's side.
     def _run(self) -> None:
+        # Open (and create or migrate) the file now, while the program runs, rather than
+        # with the first batch, which may come only at exit.
+        with contextlib.suppress(sqlite3.Error, OSError, UsageLogError):
+            self._connect()
         while True:
             try:
                 first = self._queue.get(timeout=RETRY_DELAY if self._pending else None)
@@ -421,12 +474,7 @@ class UsageLog:
         if not rows:
             return
         try:
-            db = self._connect()
-            conn = db.conn
-            with conn:
-                # rowcount sums each INSERT's own changes; total_changes would also count
-                # the rows the rollup triggers touch.
-                inserted = conn.executemany(_INSERT, rows).rowcount
+            inserted = insert_rows(self._connect(), rows)
             self.written += inserted
             self.duplicates += len(rows) - inserted
             rows.clear()
@@ -451,18 +499,18 @@ class UsageLog:
                     rows.popleft()
                 self.dropped += overflow
 
-    def _connect(self) -> Database:
+    def _connect(self) -> sqlite3.Connection:
         if self._db is None:
             self._db = open_db(self.path, create=True)
             if not self._retention_applied:
                 self._retention_applied = True
-                apply_retention(self._db.conn)
+                apply_retention(self._db)
         return self._db
 
     def _close_db(self) -> None:
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
-                self._db.conn.close()
+                self._db.close()
             self._db = None
 
 

@@ -126,17 +126,22 @@ class _Builder:
             number = int(value)
             if number != value:
                 self.anomalies.append(f"{name}: fractional {value!r} truncated")
-        elif isinstance(value, str) and value.strip().isdigit():
-            number = int(value.strip())
-            self.anomalies.append(f"{name}: string {value!r} parsed")
+        elif isinstance(value, str) and value.strip().isdecimal():  # not isdigit: "²"
+            shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}… ({len(value)} chars)"
+            self.anomalies.append(f"{name}: string {shown} parsed")
+            try:
+                number = int(value)
+            except ValueError:  # past sys.get_int_max_str_digits(), so far past the cap
+                self.anomalies.append(f"{name}: {len(value)}-char string capped at {MAX_TOKENS}")
+                return MAX_TOKENS
         else:
             self.anomalies.append(f"{name}: non-numeric {type(value).__name__} treated as 0")
             return 0
         if number < 0:
-            self.anomalies.append(f"{name}: negative {number} treated as 0")
+            self.anomalies.append(f"{name}: negative {_show(number)} treated as 0")
             return 0
         if number > MAX_TOKENS:
-            self.anomalies.append(f"{name}: {number} capped at {MAX_TOKENS}")
+            self.anomalies.append(f"{name}: {_show(number)} capped at {MAX_TOKENS}")
             return MAX_TOKENS
         return number
 
@@ -151,6 +156,10 @@ class _Builder:
         counts = self.counts
         total_in = min(counts.get("input_tokens", 0), MAX_TOKENS)
         total_out = min(counts.get("output_tokens", 0), MAX_TOKENS)
+        for whole in ("input_tokens", "output_tokens"):
+            # Each count is capped, but a whole summed from several can still pass the cap.
+            if counts.get(whole, 0) > MAX_TOKENS:
+                self.anomalies.append(f"{whole}: sum {_show(counts[whole])} capped at {MAX_TOKENS}")
         parts_in = _clamp_parts(counts, (*_INPUT_PARTS, "input_audio_tokens"), total_in)
         parts_out = _clamp_parts(counts, _OUTPUT_PARTS, total_out)
         if parts_in is not None:
@@ -176,13 +185,32 @@ def _clamp_parts(
     counts: Mapping[str, int], parts: tuple[str, ...], whole: int
 ) -> dict[str, int] | None:
     """Shrink parts, in order, so they fit in `whole`; None when they already fit."""
-    if sum(min(counts.get(p, 0), MAX_TOKENS) for p in parts) <= whole:
+    # Not capped per part: a part summed from several counts (Bedrock's cacheDetails,
+    # Gemini's modality entries) can pass MAX_TOKENS, and must then be clamped too.
+    if sum(counts.get(p, 0) for p in parts) <= whole:
         return None
     left, clamped = whole, {}
     for part in parts:
         clamped[part] = min(counts.get(part, 0), left)
         left -= clamped[part]
     return clamped
+
+
+def _show(number: int) -> str:
+    """An int for a message: str() of one past 4300 digits raises (int_max_str_digits)."""
+    if number.bit_length() <= 128:
+        return str(number)
+    return f"{'-' if number < 0 else ''}<{number.bit_length()}-bit integer>"
+
+
+def _is_audio(modality: Any) -> bool:
+    """A Gemini modality entry's AUDIO flag: a string, a str enum, or an enum's name.
+
+    Never str() of an arbitrary value: that of a huge int (or a list of them) raises.
+    """
+    if not isinstance(modality, str):
+        modality = getattr(modality, "name", None)
+    return isinstance(modality, str) and modality.upper().endswith("AUDIO")
 
 
 def field(obj: Any, name: str) -> Any:
@@ -358,7 +386,7 @@ def from_gemini(usage_metadata: Any) -> Usage:
         details = get(key_camel, key_snake)
         if isinstance(details, (list, tuple)):
             for entry in details:
-                if str(field(entry, "modality")).upper().endswith("AUDIO"):
+                if _is_audio(field(entry, "modality")):
                     count = field(entry, "tokenCount")
                     count = count if count is not None else field(entry, "token_count")
                     b.add(target, f"{key_camel}.AUDIO", count)
