@@ -288,19 +288,25 @@ def _held_fd(path: Path) -> int:
         return fd
 
 
+_migration_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: SQLite's own locking must do
-        yield
-        return
-    fd = _held_fd(path)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    """Exclusive across threads (one lock) and processes (flock on the held descriptor,
+    which every thread here shares, so flock alone would not exclude them)."""
+    with _migration_lock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: SQLite's own locking must do
+            yield
+            return
+        fd = _held_fd(path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
