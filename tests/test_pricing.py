@@ -321,10 +321,11 @@ def test_service_tier_uses_the_mode_price() -> None:
         input_tokens=1000, cache_read_tokens=500, output_tokens=100, service_tier="priority"
     )
     cost = price("gpt-fast", usage)
-    # mode input 2, output 16; cache read scaled like input: 0.1 * 2/1 = 0.2
-    # 500*2 = 1000; 500*0.2 = 100; 100*16 = 1600 -> 2700
-    assert cost.total == Decimal("0.0027")
-    assert cost.flags == ("service_tier:priority",)
+    # mode input 2, output 16; the mode lists no cache-read price, so cached tokens are
+    # charged at the mode's input price (never an invented discount), and flagged:
+    # 500*2 = 1000; 500*2 = 1000; 100*16 = 1600 -> 3600
+    assert cost.total == Decimal("0.0036")
+    assert cost.flags == ("service_tier:priority", "cache_read_at_input_price")
     by_mode_name = price("gpt-fast", Usage(input_tokens=1000, service_tier="fast"))
     assert by_mode_name.total == Decimal("0.002")
 
@@ -723,3 +724,60 @@ def test_import_pulls_in_no_framework() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+GEMINI_BATCH_TABLE = {
+    "google": {
+        "models": {
+            "gemini-long": {
+                "cost": {
+                    "input": 1.25,
+                    "output": 10,
+                    "tiers": [
+                        {"tier": {"type": "context", "size": 200000}, "input": 2.5, "output": 15}
+                    ],
+                },
+                "experimental": {
+                    "modes": {
+                        "batch": {
+                            "cost": {
+                                "input": 0.625,
+                                "output": 5,
+                                "tiers": [
+                                    {
+                                        "tier": {"type": "context", "size": 200000},
+                                        "input": 1.25,
+                                        "output": 7.5,
+                                    }
+                                ],
+                            }
+                        },
+                        "flex": {"cost": {"input": 0.625, "output": 5}},
+                    }
+                },
+            }
+        }
+    }
+}
+
+
+def test_service_tier_keeps_its_own_long_context_tier() -> None:
+    _use_catalog(GEMINI_BATCH_TABLE)
+    long_batch = price(
+        "gemini-long", Usage(input_tokens=300_000, output_tokens=1000, service_tier="batch")
+    )
+    # batch over 200k: 300000*1.25 + 1000*7.5 = 375000 + 7500 = 382500 per 1M
+    assert long_batch.total == Decimal("0.3825")
+    assert long_batch.flags == ("service_tier:batch", "context_tier>200000")
+    short_batch = price(
+        "gemini-long", Usage(input_tokens=1000, output_tokens=100, service_tier="batch")
+    )
+    # 1000*0.625 + 100*5 = 625 + 500 = 1125 per 1M
+    assert short_batch.total == Decimal("0.001125")
+    long_flex = price(
+        "gemini-long", Usage(input_tokens=300_000, output_tokens=1000, service_tier="flex")
+    )
+    # the flex mode has no long-context price: its base price applies, flagged
+    # 300000*0.625 + 1000*5 = 187500 + 5000 = 192500 per 1M
+    assert long_flex.total == Decimal("0.1925")
+    assert long_flex.flags == ("service_tier:flex", "context_tier_unpriced")

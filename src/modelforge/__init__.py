@@ -3,9 +3,11 @@
 Public names are imported lazily, so `import modelforge` stays fast and never pulls in
 LangChain or LlamaIndex.
 
+>>> from decimal import Decimal
 >>> import modelforge
->>> modelforge.price("gpt-4o-mini", modelforge.Usage(input_tokens=1000, output_tokens=500)).total
-Decimal('0.00045')
+>>> usage = modelforge.Usage(input_tokens=1000, output_tokens=500)
+>>> modelforge.price("gpt-4o-mini", usage).total == Decimal("0.00045")  # 1000×0.15 + 500×0.6
+True
 """
 
 from __future__ import annotations

@@ -425,12 +425,18 @@ def from_bedrock(usage: Any) -> Usage:
 
 
 def extract_usage(payload: Any, service_tier: Any = None) -> Usage | None:
-    """Detect the payload's shape and normalise it; None when no usage is recognisable."""
+    """Detect the payload's shape and normalise it; None when no usage is recognisable.
+
+    Accepts a usage object or a whole response (dict or SDK object) that carries one
+    under `usage` / `usageMetadata`.
+    """
     if payload is None:
         return None
-    if isinstance(payload, Mapping) and "usage" in payload:
-        service_tier = service_tier or payload.get("service_tier")
-        return extract_usage(payload["usage"], service_tier)
+    for key in ("usage", "usageMetadata", "usage_metadata"):
+        inner = field(payload, key)
+        if inner is not None and inner is not payload and not isinstance(inner, (str, bytes)):
+            service_tier = service_tier or field(payload, "service_tier")
+            return extract_usage(inner, service_tier)
     if (
         field(payload, "prompt_tokens") is not None
         or field(payload, "completion_tokens") is not None

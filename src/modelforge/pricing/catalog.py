@@ -7,6 +7,7 @@ per (provider, model id), so a higher layer replaces a lower one's entry.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -79,6 +80,7 @@ class CatalogEntry:
     prices: Prices
     tiers: tuple[Tier, ...] = ()
     modes: Mapping[str, Prices] = field(default_factory=dict)
+    mode_tiers: Mapping[str, tuple[Tier, ...]] = field(default_factory=dict)
     context_limit: int | None = None
     output_limit: int | None = None
     source: str = ""
@@ -87,10 +89,11 @@ class CatalogEntry:
     def key(self) -> str:
         return f"{self.provider}/{self.model_id}"
 
-    def tier_for(self, input_tokens: int) -> Tier | None:
-        """The largest tier whose size `input_tokens` exceeds."""
+    def tier_for(self, input_tokens: int, mode: str | None = None) -> Tier | None:
+        """The largest tier (of the service `mode`, if given) whose size `input_tokens`
+        exceeds."""
         chosen = None
-        for tier in self.tiers:
+        for tier in self.mode_tiers.get(mode, ()) if mode else self.tiers:
             if input_tokens > tier.size:
                 chosen = tier
         return chosen
@@ -178,30 +181,9 @@ def _parse_model(
     if cost is None:
         return None
     qualified = f"{provider}/{model_id}"
-    prices = _parse_prices(cost, where, qualified, "cost", _BOTH)
-    tiers = []
-    raw_tiers = cost.get("tiers") or []
-    if not isinstance(raw_tiers, list):
-        raise PriceTableError(where, "must be a list", model=qualified, field="cost.tiers")
-    for i, raw in enumerate(raw_tiers):
-        path = f"cost.tiers[{i}]"
-        spec = raw.get("tier") if isinstance(raw, Mapping) else None
-        size = spec.get("size") if isinstance(spec, Mapping) else None
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise PriceTableError(
-                where, "needs a positive integer size", model=qualified, field=f"{path}.tier.size"
-            )
-        kind = spec.get("type", "context") if isinstance(spec, Mapping) else "context"
-        if kind != "context":
-            continue  # only prompt-size tiers are defined by models.dev today
-        tiers.append(
-            Tier(size, _tier_prices(_parse_prices(raw, where, qualified, path, _BOTH), prices))
-        )
-    legacy = cost.get("context_over_200k")
-    if legacy is not None and not any(t.size == 200_000 for t in tiers):
-        tier_prices = _parse_prices(legacy, where, qualified, "cost.context_over_200k", _BOTH)
-        tiers.append(Tier(200_000, _tier_prices(tier_prices, prices)))
+    prices, tiers = _parse_cost(cost, where, qualified, "cost")
     modes: dict[str, Prices] = {}
+    mode_tiers: dict[str, tuple[Tier, ...]] = {}
     experimental = model.get("experimental")
     raw_modes = experimental.get("modes") if isinstance(experimental, Mapping) else None
     if isinstance(raw_modes, Mapping):
@@ -209,11 +191,12 @@ def _parse_model(
             if not isinstance(mode, Mapping) or not isinstance(mode.get("cost"), Mapping):
                 continue
             path = f"experimental.modes.{mode_name}.cost"
-            mode_prices = _tier_prices(
-                _parse_prices(mode["cost"], where, qualified, path, _BOTH), prices
-            )
+            # A mode's missing prices stay missing (the calculator falls back to its input
+            # or output price, flagged): a batch discount says nothing about cache reads.
+            mode_prices, tiers_of_mode = _parse_cost(mode["cost"], where, qualified, path)
             for name in _mode_names(str(mode_name), mode):
                 modes.setdefault(name, mode_prices)
+                mode_tiers.setdefault(name, tiers_of_mode)
     limit: Mapping[str, Any] = model["limit"] if isinstance(model.get("limit"), Mapping) else {}
     return CatalogEntry(
         provider=provider,
@@ -221,8 +204,9 @@ def _parse_model(
         name=str(model.get("name") or model_id),
         family=model.get("family") if isinstance(model.get("family"), str) else None,
         prices=prices,
-        tiers=tuple(sorted(tiers, key=lambda t: t.size)),
+        tiers=tiers,
         modes=modes,
+        mode_tiers=mode_tiers,
         context_limit=_optional_int(limit.get("context")),
         output_limit=_optional_int(limit.get("output")),
         source=label,
@@ -230,6 +214,36 @@ def _parse_model(
 
 
 _BOTH = ("input", "output")
+
+
+def _parse_cost(
+    cost: Mapping[str, Any], where: str, model: str, path: str
+) -> tuple[Prices, tuple[Tier, ...]]:
+    """A `cost` object: its prices and its context tiers (`tiers` or `context_over_200k`)."""
+    prices = _parse_prices(cost, where, model, path, _BOTH)
+    tiers = []
+    raw_tiers = cost.get("tiers") or []
+    if not isinstance(raw_tiers, list):
+        raise PriceTableError(where, "must be a list", model=model, field=f"{path}.tiers")
+    for i, raw in enumerate(raw_tiers):
+        tier_path = f"{path}.tiers[{i}]"
+        spec = raw.get("tier") if isinstance(raw, Mapping) else None
+        size = spec.get("size") if isinstance(spec, Mapping) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise PriceTableError(
+                where, "needs a positive integer size", model=model, field=f"{tier_path}.tier.size"
+            )
+        kind = spec.get("type", "context") if isinstance(spec, Mapping) else "context"
+        if kind != "context":
+            continue  # only prompt-size tiers are defined by models.dev today
+        tier_prices = _parse_prices(raw, where, model, tier_path, _BOTH)
+        tiers.append(Tier(size, _tier_prices(tier_prices, prices)))
+    legacy = cost.get("context_over_200k")
+    if legacy is not None and not any(t.size == 200_000 for t in tiers):
+        legacy_path = f"{path}.context_over_200k"
+        tier_prices = _parse_prices(legacy, where, model, legacy_path, _BOTH)
+        tiers.append(Tier(200_000, _tier_prices(tier_prices, prices)))
+    return prices, tuple(sorted(tiers, key=lambda t: t.size))
 _INPUT_SIDE = ("cache_read", "cache_write", "cache_write_1h", "input_audio")
 _OUTPUT_SIDE = ("reasoning", "output_audio")
 
@@ -393,18 +407,7 @@ def models_dev_entries() -> list[CatalogEntry]:
 
 
 def _relabel(entry: CatalogEntry, label: str) -> CatalogEntry:
-    return CatalogEntry(
-        entry.provider,
-        entry.model_id,
-        entry.name,
-        entry.family,
-        entry.prices,
-        entry.tiers,
-        entry.modes,
-        entry.context_limit,
-        entry.output_limit,
-        label,
-    )
+    return dataclasses.replace(entry, source=label)
 
 
 def override_path() -> Path | None:

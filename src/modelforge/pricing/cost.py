@@ -53,8 +53,9 @@ def price(model: str, usage: Usage, provider: str | None = None, strict: bool = 
     raises `UnknownModelError` naming close matches.
 
     >>> from modelforge import Usage, price
-    >>> price("gpt-4o", Usage(input_tokens=1000, output_tokens=100)).total
-    Decimal('0.0035')
+    >>> cost = price("gpt-4o", Usage(input_tokens=1000, output_tokens=100))
+    >>> cost.total == Decimal("0.0035")  # (1000 × $2.50 + 100 × $10) per 1M tokens
+    True
     """
     resolver = get_resolver()
     entry = resolver.resolve(model, provider)
@@ -79,20 +80,23 @@ def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cos
             flags=("cache_hit",),
         )
     prices = entry.prices
-    if entry.tiers:
-        tier = entry.tier_for(usage.input_tokens)
-        if tier is not None:
-            prices = tier.prices
-            flags.append(f"context_tier>{tier.size}")
+    mode_name = None
     service_tier = usage.service_tier
     if service_tier and service_tier not in STANDARD_SERVICE_TIERS:
         mode = entry.modes.get(service_tier)
         if mode is None:
             flags.append("tier_unpriced")
         else:
-            prices = mode
+            prices, mode_name = mode, service_tier
             flags.append(f"service_tier:{service_tier}")
-
+    if entry.tiers or mode_name:
+        tier = entry.tier_for(usage.input_tokens, mode_name)
+        if tier is not None:
+            prices = tier.prices
+            flags.append(f"context_tier>{tier.size}")
+        elif mode_name and entry.tier_for(usage.input_tokens) is not None:
+            # Long-context price of the standard tier applies, but the mode gives none.
+            flags.append("context_tier_unpriced")
     read = usage.cache_read_tokens
     write_5m = usage.cache_write_tokens
     write_1h = usage.cache_write_1h_tokens

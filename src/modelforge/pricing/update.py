@@ -81,7 +81,10 @@ def update_models_dev(url: str = DEFAULT_URL, timeout: float = 30.0) -> UpdateRe
 
 
 def _differs(old: CatalogEntry, new: CatalogEntry) -> bool:
-    return (old.prices, old.tiers, dict(old.modes)) != (new.prices, new.tiers, dict(new.modes))
+    def priced(e: CatalogEntry) -> tuple[object, ...]:
+        return (e.prices, e.tiers, dict(e.modes), dict(e.mode_tiers))
+
+    return priced(old) != priced(new)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
