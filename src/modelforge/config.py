@@ -252,3 +252,16 @@ def default_db_path() -> Path:
     if settings.db:
         return Path(settings.db).expanduser()
     return data_dir() / "usage.db"
+
+
+def db_path_origin(path: Path) -> str:
+    """Which setting chose `path` as the log file, for error messages."""
+    env = os.environ.get("MODELFORGE_DB")
+    if env and Path(env).expanduser() == path:
+        return f"MODELFORGE_DB={env}"
+    settings = load_settings()
+    if settings.db and Path(settings.db).expanduser() == path:
+        return f"db = {settings.db!r} in {config_path()}"
+    if path == data_dir() / "usage.db":
+        return "the default location"
+    return "the db= argument"

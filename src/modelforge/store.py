@@ -493,9 +493,10 @@ class UsageLog:
             if not self._failing:
                 self._failing = True
                 logger.warning(
-                    "modelforge: cannot write usage log %s (%s); holding up to %d records in "
-                    "memory and retrying",
+                    "modelforge: cannot write usage log %s, set by %s (%s); holding up to %d "
+                    "records in memory and retrying; your LLM calls are not affected",
                     self.path,
+                    config.db_path_origin(self.path),
                     exc,
                     self.max_pending,
                 )
