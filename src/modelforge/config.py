@@ -155,8 +155,17 @@ def warn_once(key: str, message: str) -> None:
     logger.warning("modelforge: %s", message)
 
 
+_generation = 0
+
+
+def generation() -> int:
+    """Bumped by every `save_setting` in this process, so caches can notice at once."""
+    return _generation
+
+
 def save_setting(name: str, value: Any) -> Path:
     """Set one top-level setting in `config.toml`, keeping the others."""
+    global _generation
     path = config_path()
     raw: dict[str, Any] = {}
     if path.exists():
@@ -169,6 +178,7 @@ def save_setting(name: str, value: Any) -> Path:
     parse_settings(raw, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_dump_toml(raw), encoding="utf-8")
+    _generation += 1
     return path
 
 

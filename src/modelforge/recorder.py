@@ -10,7 +10,9 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,9 +77,9 @@ def deliver(
 
 
 # Everything `config.telemetry_status()` and `config.default_db_path()` depend on: the
-# environment and the config file. Deriving them afresh on every call costs tens of µs
-# (paths built, the config file stat-ed twice), so a call only re-reads these values and
-# stats the config file once, and derives again when any of them changed.
+# environment and the config file. Deriving them afresh on every call costs tens of µs,
+# so a call only re-reads the environment, and the config file is stat-ed at most every
+# CONFIG_RECHECK seconds (a `config.save_setting` in this process is seen at once).
 _SETTINGS_ENV = (
     "MODELFORGE_TELEMETRY",
     "DO_NOT_TRACK",
@@ -89,7 +91,36 @@ _SETTINGS_ENV = (
     *(("XDG_CONFIG_HOME", "XDG_DATA_HOME") if sys.platform.startswith("linux") else ()),
     "HOME",
 )
-_settings_memo: tuple[tuple[str | None, ...], str, int | None, bool, Path] | None = None
+CONFIG_RECHECK = 0.5
+_environ_data = getattr(os.environ, "_data", None)
+_encode_key = getattr(os.environ, "encodekey", None)
+if isinstance(_environ_data, dict) and _encode_key is not None:
+    # os.environ.get encodes each key per call; reading its backing dict with keys
+    # encoded once is ten times cheaper and sees the same updates.
+    _ENCODED_ENV = tuple(_encode_key(name) for name in _SETTINGS_ENV)
+
+    def _settings_env() -> tuple[object, ...]:
+        data = os.environ._data  # type: ignore[attr-defined]
+        return tuple([data.get(key) for key in _ENCODED_ENV])
+
+else:  # pragma: no cover - a Python whose os.environ differs
+
+    def _settings_env() -> tuple[object, ...]:
+        return tuple([os.environ.get(name) for name in _SETTINGS_ENV])
+
+
+@dataclass
+class _Settings:
+    env: tuple[object, ...]
+    generation: int
+    config_file: str
+    stamp: int | None
+    checked: float
+    enabled: bool
+    default_db: Path
+
+
+_settings_memo: _Settings | None = None
 
 
 def _mtime(path: str) -> int | None:
@@ -102,16 +133,23 @@ def _mtime(path: str) -> int | None:
 def _log_settings() -> tuple[bool, Path]:
     """(whether the usage log may be written, the default log path)."""
     global _settings_memo
-    getenv = os.environ.get
-    key = tuple([getenv(name) for name in _SETTINGS_ENV])
+    env = _settings_env()
     memo = _settings_memo
-    if memo is not None and memo[0] == key and _mtime(memo[1]) == memo[2]:
-        return memo[3], memo[4]
+    if memo is not None and memo.env == env and memo.generation == config.generation():
+        now = time.monotonic()
+        if now - memo.checked < CONFIG_RECHECK:
+            return memo.enabled, memo.default_db
+        if _mtime(memo.config_file) == memo.stamp:
+            memo.checked = now
+            return memo.enabled, memo.default_db
+    generation = config.generation()
     config_file = str(config.config_path())
     stamp = _mtime(config_file)  # before reading, so a write during the read is noticed
     enabled = config.telemetry_status().enabled
     default_db = config.default_db_path()
-    _settings_memo = (key, config_file, stamp, enabled, default_db)
+    _settings_memo = _Settings(
+        env, generation, config_file, stamp, time.monotonic(), enabled, default_db
+    )
     return enabled, default_db
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -90,6 +91,17 @@ _ROLLUP_BATCH = rollup_batch_sql()
 _json_text = json.JSONEncoder(ensure_ascii=False).encode
 
 
+@functools.lru_cache(maxsize=4096)
+def _tags_json(tags: tuple[str, ...]) -> str:
+    # Calls from one chain repeat the same tags and attributes: encode each set once.
+    return _json_text(tags)
+
+
+@functools.lru_cache(maxsize=4096)
+def _attrs_json(items: tuple[tuple[str, str], ...]) -> str:
+    return _json_text(dict(items))
+
+
 def money_text(amount: Decimal | None) -> str | None:
     """Exact plain-decimal text without exponent or trailing zeros ('0.0035')."""
     if amount is None:
@@ -147,8 +159,8 @@ def record_row(record: CallRecord) -> tuple[Any, ...]:
         record.ttft_ms,
         record.agent,
         record.run_name,
-        _json_text(record.tags) if record.tags else None,
-        _json_text(record.attrs) if record.attrs else None,
+        _tags_json(record.tags) if record.tags else None,
+        _attrs_json(tuple(record.attrs.items())) if record.attrs else None,
         json.dumps(usage.anomalies) if usage.anomalies else None,
     )
 
