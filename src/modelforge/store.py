@@ -46,7 +46,14 @@ FLUSH_INTERVAL = 0.2
 BATCH_WINDOW = 0.05
 BATCH_SIZE = 5_000
 MAX_PENDING = 100_000
-RECENT_RUN_IDS = 200_000
+# Records queued for the writer beyond this make `submit` wait (up to MAX_WAIT seconds)
+# for the writer to catch up: a program making calls faster than they can be written
+# is slowed a little instead of growing memory without bound or losing records.
+MAX_QUEUED = 5_000
+MAX_WAIT = 1.0
+# run_ids remembered to skip a second handler's copy of the same call; the unique index
+# is what guarantees it, this only saves the round trip.
+RECENT_RUN_IDS = 20_000
 BUSY_TIMEOUT_MS = 30_000
 RETRY_DELAY = 1.0
 
@@ -378,6 +385,7 @@ class UsageLog:
         self._db: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._room = threading.Event()
         self._start_lock = threading.Lock()
         self._failing = False
         self._retention_applied = False
@@ -399,6 +407,10 @@ class UsageLog:
                     del self._recent[old]
         if self._thread is None:
             self._start()
+        if self._queue.qsize() >= MAX_QUEUED:
+            self._room.clear()
+            self._wake.set()
+            self._room.wait(MAX_WAIT)
         self._queue.put(record)
         return True
 
@@ -475,6 +487,8 @@ class UsageLog:
                 except queue.Empty:
                     item = None
             self._write(records)
+            if self._queue.qsize() < MAX_QUEUED // 2:
+                self._room.set()
             for marker in markers:
                 marker.done.set()
             if any(m.stop for m in markers):

@@ -112,6 +112,8 @@ class _Builder:
 
     def count(self, name: str, value: Any) -> int:
         """Coerce `value` to a token count, noting anything odd."""
+        if type(value) is int and 0 <= value <= MAX_TOKENS:
+            return value  # the usual case, first
         if value is None:
             return 0
         if isinstance(value, bool):
@@ -215,6 +217,8 @@ def _is_audio(modality: Any) -> bool:
 
 def field(obj: Any, name: str) -> Any:
     """Read `name` from a mapping or an object (SDK models arrive as either)."""
+    if type(obj) is dict:
+        return obj.get(name)
     if obj is None:
         return None
     if isinstance(obj, Mapping):

@@ -244,6 +244,8 @@ def _parse_cost(
         tier_prices = _parse_prices(legacy, where, model, legacy_path, _BOTH)
         tiers.append(Tier(200_000, _tier_prices(tier_prices, prices)))
     return prices, tuple(sorted(tiers, key=lambda t: t.size))
+
+
 _INPUT_SIDE = ("cache_read", "cache_write", "cache_write_1h", "input_audio")
 _OUTPUT_SIDE = ("reasoning", "output_audio")
 

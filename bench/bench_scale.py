@@ -1,0 +1,180 @@
+"""Scale: ingest rate, handler overhead under threads, and memory over 1M calls.
+
+    python bench/bench_scale.py [--calls N] [--memory-calls N]
+
+Prints one table. Rows:
+- ingest: records/s through the background writer (submit → flush), against the peer,
+  a plain sqlite-utils `table.insert(row)` per record (target ≥ 100,000 rows/s batched);
+- handler overhead per call with 8 threads calling the LangChain handler at once;
+- RSS growth over 1,000,000 calls through the handler (target < 20 MB).
+The report timings on a 1M-row log are in bench/bench_report.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+_home = tempfile.mkdtemp(prefix="modelforge-bench-")
+atexit.register(shutil.rmtree, _home, True)
+for _var, _sub in (("CONFIG", "config"), ("CACHE", "cache"), ("DATA", "data")):
+    os.environ[f"MODELFORGE_{_var}_DIR"] = os.path.join(_home, _sub)
+for _var in ("MODELFORGE_DB", "MODELFORGE_PRICES", "MODELFORGE_TELEMETRY", "DO_NOT_TRACK"):
+    os.environ.pop(_var, None)
+
+import psutil  # noqa: E402
+import sqlite_utils  # noqa: E402
+from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
+from langchain_core.outputs import ChatGeneration, LLMResult  # noqa: E402
+
+import modelforge  # noqa: E402
+from modelforge.langchain import UsageCallbackHandler  # noqa: E402
+from modelforge.pricing.cost import price  # noqa: E402
+from modelforge.records import CallRecord  # noqa: E402
+from modelforge.store import COLUMNS, UsageLog, record_row  # noqa: E402
+from modelforge.usage import Usage  # noqa: E402
+
+USAGE = Usage(input_tokens=1200, cache_read_tokens=1000, output_tokens=300, reasoning_tokens=100)
+RESULT = LLMResult(
+    generations=[
+        [
+            ChatGeneration(
+                message=AIMessage(
+                    content="ok",
+                    usage_metadata={
+                        "input_tokens": 1200,
+                        "output_tokens": 300,
+                        "total_tokens": 1500,
+                        "input_token_details": {"cache_read": 1000},
+                        "output_token_details": {"reasoning": 100},
+                    },
+                    response_metadata={"model_name": "gpt-4o"},
+                )
+            )
+        ]
+    ]
+)
+METADATA = {"ls_provider": "openai", "ls_model_name": "gpt-4o", "user_id": "u-1"}
+MESSAGES = [[HumanMessage("how are you?")]]
+
+
+def _records(n: int) -> list[CallRecord]:
+    cost = price("gpt-4o", USAGE, "openai")
+    return [
+        CallRecord(
+            run_id=str(uuid.uuid4()),
+            usage=USAGE,
+            cost=cost,
+            provider="openai",
+            model="gpt-4o",
+            tags=("bench",),
+            attrs={"user_id": "u-1"},
+        )
+        for _ in range(n)
+    ]
+
+
+def ingest_ours(n: int) -> float:
+    log = UsageLog(Path(_home) / "ingest.db")
+    log.flush()
+    records = _records(n)
+    started = time.perf_counter()
+    for record in records:
+        log.submit(record)
+    assert log.flush(timeout=600)
+    elapsed = time.perf_counter() - started
+    assert log.stats().written == n
+    log.close()
+    return n / elapsed
+
+
+def ingest_peer(n: int) -> float:
+    """The peer: sqlite-utils inserting one dict per record, the obvious way."""
+    db = sqlite_utils.Database(Path(_home) / "peer.db")
+    rows = [dict(zip(COLUMNS, record_row(r), strict=True)) for r in _records(n)]
+    table = db["calls"]
+    table.insert(rows[0], pk="id", alter=True)
+    started = time.perf_counter()
+    for row in rows[1:]:
+        table.insert(row)
+    return (n - 1) / (time.perf_counter() - started)
+
+
+def threaded_overhead(threads: int, calls_per_thread: int) -> tuple[float, float]:
+    """(µs of handler work per call, calls/s overall) with `threads` threads at once."""
+    handler = UsageCallbackHandler(db=Path(_home) / "threads.db")
+
+    def work() -> None:
+        for _ in range(calls_per_thread):
+            run_id = uuid.uuid4()
+            handler.on_chat_model_start({}, MESSAGES, run_id=run_id, metadata=METADATA)
+            handler.on_llm_end(RESULT, run_id=run_id)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    handled = time.perf_counter() - started
+    assert modelforge.flush(timeout=600)
+    total = threads * calls_per_thread
+    assert handler.errors == 0
+    return handled / total * 1e6, total / (time.perf_counter() - started)
+
+
+def memory_growth(calls: int) -> tuple[float, float]:
+    """(RSS growth in MB over `calls` handler calls after a warm-up, seconds taken)."""
+    handler = UsageCallbackHandler(db=Path(_home) / "memory.db")
+    process = psutil.Process()
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            run_id = uuid.uuid4()
+            handler.on_chat_model_start({}, MESSAGES, run_id=run_id, metadata=METADATA)
+            handler.on_llm_end(RESULT, run_id=run_id)
+
+    run(50_000)  # warm caches, the writer, SQLite's page cache
+    assert modelforge.flush(timeout=600)
+    before = process.memory_info().rss
+    started = time.perf_counter()
+    run(calls)
+    assert modelforge.flush(timeout=600)
+    taken = time.perf_counter() - started
+    return (process.memory_info().rss - before) / 1e6, taken
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--calls", type=int, default=100_000)
+    parser.add_argument("--memory-calls", type=int, default=1_000_000)
+    args = parser.parse_args()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    ours = ingest_ours(args.calls)
+    peer = ingest_peer(min(args.calls, 20_000))
+    per_call_8, rate_8 = threaded_overhead(8, args.calls // 8)
+    per_call_1, rate_1 = threaded_overhead(1, args.calls // 8)
+    grew, taken = memory_growth(args.memory_calls)
+    print()
+    print(f"{'measure':<52}{'value':>16}  target")
+    print(f"{'ingest: background writer, batched (rows/s)':<52}{ours:>16,.0f}  >= 100,000")
+    print(f"{'ingest: sqlite-utils insert per row, peer (rows/s)':<52}{peer:>16,.0f}")
+    print(f"{'  ours / peer':<52}{ours / peer:>15.1f}x")
+    print(f"{'handler, 1 thread: µs per call (start + end)':<52}{per_call_1:>16.1f}")
+    print(f"{'handler, 8 threads: µs per call (start + end)':<52}{per_call_8:>16.1f}")
+    print(f"{'handler, 8 threads: calls/s incl. writing':<52}{rate_8:>16,.0f}")
+    print(f"{'handler, 1 thread: calls/s incl. writing':<52}{rate_1:>16,.0f}")
+    label = f"RSS growth over {args.memory_calls:,} calls (MB)"
+    print(f"{label:<52}{grew:>16.1f}  < 20 MB  ({taken:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
