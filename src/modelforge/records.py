@@ -82,6 +82,11 @@ class CallRecord:
         return self.usage.estimated
 
 
+def elapsed_ms(start: float, end: float | None) -> float | None:
+    """Milliseconds between two `time.perf_counter()` readings, to the microsecond."""
+    return None if end is None else round((end - start) * 1000, 3)
+
+
 def price_call(
     usage: Usage, model: str | None, response_model: str | None, provider: str | None
 ) -> Cost:

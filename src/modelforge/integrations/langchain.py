@@ -27,7 +27,7 @@ from langchain_core.tracers.context import register_configure_hook
 
 from modelforge import config, recorder
 from modelforge.estimate import estimate_usage, text_of
-from modelforge.records import CallRecord, clean_attrs, clean_tags, price_call, utc_now
+from modelforge.records import CallRecord, clean_attrs, clean_tags, elapsed_ms, price_call, utc_now
 from modelforge.session import UsageSession
 from modelforge.usage import (
     MAX_TOKENS,
@@ -297,12 +297,8 @@ class UsageCallbackHandler(BaseCallbackHandler):
             response_model=served_model,
             status="error" if error is not None else "ok",
             error_type=type(error).__name__ if error is not None else None,
-            latency_ms=round((ended - run.started) * 1000, 3),
-            ttft_ms=(
-                round((run.first_token - run.started) * 1000, 3)
-                if run.first_token is not None
-                else None
-            ),
+            latency_ms=elapsed_ms(run.started, ended),
+            ttft_ms=elapsed_ms(run.started, run.first_token),
             estimate_method=estimate_method,
             parent_run_id=run.parent_run_id,
             trace_id=run.trace_id,

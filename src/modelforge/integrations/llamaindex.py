@@ -60,7 +60,7 @@ from llama_index.core.instrumentation.span_handlers import NullSpanHandler
 
 from modelforge import config, recorder
 from modelforge.estimate import estimate_usage, text_of
-from modelforge.records import CallRecord, clean_attrs, format_ts, price_call
+from modelforge.records import CallRecord, clean_attrs, elapsed_ms, format_ts, price_call
 from modelforge.session import UsageSession, current_sessions
 from modelforge.usage import Usage, extract_usage, from_anthropic
 from modelforge.usage import field as _field
@@ -542,12 +542,8 @@ def _build_record(
         response_model=served,
         status="error" if error is not None else "ok",
         error_type=type(error).__name__ if error is not None else None,
-        latency_ms=round((ended - call.started) * 1000, 3),
-        ttft_ms=(
-            round((call.first_token - call.started) * 1000, 3)
-            if call.first_token is not None
-            else None
-        ),
+        latency_ms=elapsed_ms(call.started, ended),
+        ttft_ms=elapsed_ms(call.started, call.first_token),
         estimate_method=estimate_method,
         parent_run_id=RUN_PREFIX + parent if parent else None,
         trace_id=RUN_PREFIX + (root or call.run_key),
