@@ -320,3 +320,26 @@ def test_hourly_rollup_matches_the_rows_through_duplicates_and_prune(tmp_path: P
     conn.close()
     assert _count(path) == 20
     assert _query(path, _ROLLUP) == _query(path, _ROLLUP_FROM_RAW)
+
+
+def test_one_bad_row_cannot_block_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    log = UsageLog(path)
+    good = [_record(f"good-{i}") for i in range(5)]
+    bad = _record("bad")
+    bad.agent = object()  # type: ignore[assignment]  # sqlite3 cannot bind it
+    for record in (*good[:2], bad, *good[2:]):
+        log.submit(record)
+    assert log.flush()
+    stats = log.stats()
+    assert (stats.written, stats.dropped, stats.pending) == (5, 1, 0)
+    assert _count(path) == 5
+
+
+def test_a_cost_past_64_bits_keeps_its_exact_text(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    log = UsageLog(path)
+    # 1e12 input × $2.50 + 1e12 output × $10 per 1M tokens = $12,500,000
+    log.submit(_record("huge", input_tokens=10**12, output_tokens=10**12))
+    assert log.flush()
+    assert _query(path, "SELECT cost_usd, cost_pusd FROM calls") == [("12500000", None)]

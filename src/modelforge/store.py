@@ -93,6 +93,17 @@ _INSERT = (
     f"INSERT OR IGNORE INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
 _PICO = Decimal(10) ** 12
+_INT64 = 2**63
+# Errors that say a row's data is wrong, not that the file is unusable.
+_BAD_ROW_ERRORS = (
+    OverflowError,
+    ValueError,
+    TypeError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+)
 _ROLLUP_BATCH = rollup_batch_sql()
 # What json.dumps(value, ensure_ascii=False) does, without building an encoder per call.
 _json_text = json.JSONEncoder(ensure_ascii=False).encode
@@ -122,7 +133,12 @@ def money_text(amount: Decimal | None) -> str | None:
 
 
 def to_pico(amount: Decimal | None) -> int | None:
-    return None if amount is None else int((amount * _PICO).to_integral_value())
+    """The amount in whole pico-dollars; None when unpriced or past SQLite's 64-bit range
+    (over $9.2 million for one call: the exact text in cost_usd still holds it)."""
+    if amount is None:
+        return None
+    pico = int((amount * _PICO).to_integral_value())
+    return pico if -_INT64 <= pico < _INT64 else None
 
 
 def record_row(record: CallRecord) -> tuple[Any, ...]:
@@ -506,7 +522,10 @@ class UsageLog:
         if not rows:
             return
         try:
-            inserted = insert_rows(self._connect(), rows)
+            try:
+                inserted = insert_rows(self._connect(), rows)
+            except _BAD_ROW_ERRORS:
+                inserted = self._insert_one_by_one(rows)
             self.written += inserted
             self.duplicates += len(rows) - inserted
             rows.clear()
@@ -531,6 +550,21 @@ class UsageLog:
                 for _ in range(overflow):
                     rows.popleft()
                 self.dropped += overflow
+
+    def _insert_one_by_one(self, rows: deque[tuple[Any, ...]]) -> int:
+        """A batch that SQLite refused for its data: write row by row, dropping (and
+        counting) only the rows it refuses, so one bad record cannot block the log."""
+        conn = self._connect()
+        inserted = 0
+        for row in list(rows):
+            try:
+                inserted += insert_rows(conn, [row])
+            except _BAD_ROW_ERRORS as exc:
+                rows.remove(row)
+                self.errors += 1
+                self.dropped += 1
+                config.warn_once(f"bad-row:{type(exc).__name__}", f"dropped a record: {exc!r}")
+        return inserted
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
