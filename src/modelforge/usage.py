@@ -428,19 +428,30 @@ def from_bedrock(usage: Any) -> Usage:
     return b.build()
 
 
+# How deep a usage object may sit in a response (`{"usage": ...}`, a stream event's
+# `response.usage`); past that it is a cycle or a proxy that invents attributes.
+_MAX_WRAPPING = 8
+
+
 def extract_usage(payload: Any, service_tier: Any = None) -> Usage | None:
     """Detect the payload's shape and normalise it; None when no usage is recognisable.
 
     Accepts a usage object or a whole response (dict or SDK object) that carries one
     under `usage` / `usageMetadata`.
     """
-    if payload is None:
-        return None
-    for key in ("usage", "usageMetadata", "usage_metadata"):
-        inner = field(payload, key)
-        if inner is not None and inner is not payload and not isinstance(inner, (str, bytes)):
-            service_tier = service_tier or field(payload, "service_tier")
-            return extract_usage(inner, service_tier)
+    for _ in range(_MAX_WRAPPING):
+        if payload is None:
+            return None
+        for key in ("usage", "usageMetadata", "usage_metadata"):
+            inner = field(payload, key)
+            if inner is not None and inner is not payload and not isinstance(inner, (str, bytes)):
+                service_tier = service_tier or field(payload, "service_tier")
+                payload = inner
+                break
+        else:
+            break
+    else:
+        return None  # usage inside usage without end (a cycle, a proxy): not a payload
     if (
         field(payload, "prompt_tokens") is not None
         or field(payload, "completion_tokens") is not None
