@@ -45,6 +45,11 @@ def update_models_dev(url: str = DEFAULT_URL, timeout: float = 30.0) -> UpdateRe
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             body = response.read()
+    except urllib.error.HTTPError as exc:
+        exc.close()  # an HTTPError holds the open response
+        raise PriceUpdateError(
+            f"cannot download {url}: HTTP {exc.code} {exc.reason}; kept the previous catalog"
+        ) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PriceUpdateError(
