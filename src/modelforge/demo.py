@@ -20,7 +20,6 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +51,6 @@ REASONING_CALL_USAGE = {
     "total_tokens": 2000,
     "prompt_tokens_details": {"cached_tokens": 0},
     "completion_tokens_details": {"reasoning_tokens": 1024},
-}
-# The hand computations in the module docstring.
-EXPECTED_COSTS = {
-    "gpt-4o-2024-08-06": Decimal("0.005"),
-    ANTHROPIC_MODEL: Decimal("0.0096"),
-    REASONING_MODEL: Decimal("0.0026"),
 }
 
 

@@ -1,7 +1,8 @@
 """The local SQLite usage log and its background writer.
 
-Callers only put records on a queue. A daemon thread writes them in batches, within
-`FLUSH_INTERVAL` seconds, and everything queued is written at interpreter exit. When
+Callers only put records on a queue. A daemon thread writes them in batches, at most
+`BATCH_WINDOW` seconds after they arrive, and everything queued is written at
+interpreter exit. When
 the file cannot be written (read-only, full disk, corrupted), records wait in memory up
 to `MAX_PENDING`, older ones are then dropped and counted, and writing resumes as soon
 as the file is usable again. One warning is logged, never one per call.
@@ -39,10 +40,9 @@ from modelforge.schema import (
 
 logger = logging.getLogger("modelforge")
 
-FLUSH_INTERVAL = 0.2
 # How long the writer lets a burst of records pile up before one transaction writes
 # them all: waking per record would take the GIL from the callers thousands of times a
-# second. Well inside FLUSH_INTERVAL; flush() and close() cut it short.
+# second. Well inside the 200 ms the docs promise; flush() and close() cut it short.
 BATCH_WINDOW = 0.05
 BATCH_SIZE = 5_000
 MAX_PENDING = 100_000
@@ -405,7 +405,6 @@ class UsageLog:
         self._start_lock = threading.Lock()
         self._failing = False
         self._retention_applied = False
-        self._closed = False
         self.written = self.duplicates = self.dropped = self.errors = 0
 
     # The caller's side: cheap, never blocks on disk.
@@ -447,7 +446,6 @@ class UsageLog:
             self._wake.set()
             marker.done.wait(timeout)
             self._thread.join(timeout)
-        self._closed = True
 
     def stats(self) -> LogStats:
         return LogStats(
