@@ -12,13 +12,10 @@ folder, so the real usage log is never touched.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -30,13 +27,7 @@ INVOKES = 2_000
 ROUNDS = 7
 THROUGHPUT_CALLS = 50_000
 
-_home = tempfile.mkdtemp(prefix="modelforge-bench-")
-atexit.register(shutil.rmtree, _home, True)
-for _var, _sub in (("CONFIG", "config"), ("CACHE", "cache"), ("DATA", "data")):
-    os.environ[f"MODELFORGE_{_var}_DIR"] = os.path.join(_home, _sub)
-for _var in ("MODELFORGE_DB", "MODELFORGE_PRICES", "MODELFORGE_TELEMETRY", "DO_NOT_TRACK"):
-    os.environ.pop(_var, None)
-
+from _isolated import HOME as _home  # noqa: E402  (before modelforge reads the env)
 from langchain_core.callbacks import (  # noqa: E402
     BaseCallbackHandler,
     UsageMetadataCallbackHandler,

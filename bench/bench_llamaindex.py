@@ -15,33 +15,18 @@ Two kinds of answer:
 from __future__ import annotations
 
 import argparse
-import atexit
 import itertools
-import os
 import random
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_ADDED_US = 30.0
 TARGET_RATIO = 50.0
 
-_home = tempfile.mkdtemp(prefix="modelforge-bench-")
-atexit.register(shutil.rmtree, _home, True)
-for _var, _sub in (("CONFIG", "config"), ("CACHE", "cache"), ("DATA", "data")):
-    os.environ[f"MODELFORGE_{_var}_DIR"] = os.path.join(_home, _sub)
-for _var in ("MODELFORGE_DB", "MODELFORGE_PRICES", "MODELFORGE_TELEMETRY", "DO_NOT_TRACK"):
-    os.environ.pop(_var, None)
-_tiktoken_cache = REPO.parent / "shared" / "tiktoken-cache"
-if _tiktoken_cache.is_dir():
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(_tiktoken_cache))
-
+import _isolated  # noqa: E402, F401  (before modelforge reads the env)
 import tiktoken  # noqa: E402
 from llama_index.core.base.llms.types import (  # noqa: E402
     ChatMessage,

@@ -13,34 +13,25 @@ The report timings on a 1M-row log are in bench/bench_report.py.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-_home = tempfile.mkdtemp(prefix="modelforge-bench-")
-atexit.register(shutil.rmtree, _home, True)
-for _var, _sub in (("CONFIG", "config"), ("CACHE", "cache"), ("DATA", "data")):
-    os.environ[f"MODELFORGE_{_var}_DIR"] = os.path.join(_home, _sub)
-for _var in ("MODELFORGE_DB", "MODELFORGE_PRICES", "MODELFORGE_TELEMETRY", "DO_NOT_TRACK"):
-    os.environ.pop(_var, None)
+import psutil
+import sqlite_utils
+from _isolated import HOME as _home
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
 
-import psutil  # noqa: E402
-import sqlite_utils  # noqa: E402
-from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
-from langchain_core.outputs import ChatGeneration, LLMResult  # noqa: E402
-
-import modelforge  # noqa: E402
-from modelforge.langchain import UsageCallbackHandler  # noqa: E402
-from modelforge.pricing.cost import price  # noqa: E402
-from modelforge.records import CallRecord  # noqa: E402
-from modelforge.store import COLUMNS, UsageLog, record_row  # noqa: E402
-from modelforge.usage import Usage  # noqa: E402
+import modelforge
+from modelforge.langchain import UsageCallbackHandler
+from modelforge.pricing.cost import price
+from modelforge.records import CallRecord
+from modelforge.store import COLUMNS, UsageLog, record_row
+from modelforge.usage import Usage
 
 USAGE = Usage(input_tokens=1200, cache_read_tokens=1000, output_tokens=300, reasoning_tokens=100)
 RESULT = LLMResult(
