@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -25,12 +26,13 @@ import sqlite_utils
 from _isolated import HOME as _home
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.utils.uuid import uuid7
 
 import modelforge
 from modelforge.langchain import UsageCallbackHandler
 from modelforge.pricing.cost import price
 from modelforge.records import CallRecord
-from modelforge.store import COLUMNS, UsageLog, record_row
+from modelforge.store import COLUMNS, NULL_AS_MINUS_ONE, UsageLog, record_row
 from modelforge.usage import Usage
 
 USAGE = Usage(input_tokens=1200, cache_read_tokens=1000, output_tokens=300, reasoning_tokens=100)
@@ -57,11 +59,12 @@ METADATA = {"ls_provider": "openai", "ls_model_name": "gpt-4o", "user_id": "u-1"
 MESSAGES = [[HumanMessage("how are you?")]]
 
 
-def _records(n: int) -> list[CallRecord]:
+def _records(n: int, new_id: Callable[[], uuid.UUID] = uuid7) -> list[CallRecord]:
+    """LangChain makes time-ordered uuid7 run ids; LlamaIndex span ids hold a random uuid4."""
     cost = price("gpt-4o", USAGE, "openai")
     return [
         CallRecord(
-            run_id=str(uuid.uuid4()),
+            run_id=str(new_id()),
             usage=USAGE,
             cost=cost,
             provider="openai",
@@ -73,10 +76,10 @@ def _records(n: int) -> list[CallRecord]:
     ]
 
 
-def ingest_ours(n: int) -> float:
-    log = UsageLog(Path(_home) / "ingest.db")
+def ingest_ours(n: int, new_id: Callable[[], uuid.UUID]) -> float:
+    log = UsageLog(Path(_home) / f"ingest-{new_id.__name__}.db")
     log.flush()
-    records = _records(n)
+    records = _records(n, new_id)
     started = time.perf_counter()
     for record in records:
         log.submit(record)
@@ -90,7 +93,11 @@ def ingest_ours(n: int) -> float:
 def ingest_peer(n: int) -> float:
     """The peer: sqlite-utils inserting one dict per record, the obvious way."""
     db = sqlite_utils.Database(Path(_home) / "peer.db")
-    rows = [dict(zip(COLUMNS, record_row(r), strict=True)) for r in _records(n)]
+    rows = [
+        {c: None if v == "" or (c in NULL_AS_MINUS_ONE and v == -1) else v
+         for c, v in zip(COLUMNS, record_row(r), strict=True)}
+        for r in _records(n)
+    ]  # fmt: skip
     table = db["calls"]
     table.insert(rows[0], pk="id", alter=True)
     started = time.perf_counter()
@@ -149,7 +156,8 @@ def main() -> None:
     parser.add_argument("--memory-calls", type=int, default=1_000_000)
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
-    ours = ingest_ours(args.calls)
+    ours = ingest_ours(args.calls, uuid7)
+    ours_random = ingest_ours(args.calls, uuid.uuid4)
     peer = ingest_peer(min(args.calls, 20_000))
     per_call_8, rate_8 = threaded_overhead(8, args.calls // 8)
     per_call_1, rate_1 = threaded_overhead(1, args.calls // 8)
@@ -157,6 +165,7 @@ def main() -> None:
     print()
     print(f"{'measure':<52}{'value':>16}  target")
     print(f"{'ingest: background writer, batched (rows/s)':<52}{ours:>16,.0f}  >= 100,000")
+    print(f"{'  the same, random uuid4 run ids (rows/s)':<52}{ours_random:>16,.0f}")
     print(f"{'ingest: sqlite-utils insert per row, peer (rows/s)':<52}{peer:>16,.0f}")
     print(f"{'  ours / peer':<52}{ours / peer:>15.1f}x")
     print(f"{'handler, 1 thread: µs per call (start + end)':<52}{per_call_1:>16.1f}")

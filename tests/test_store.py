@@ -322,18 +322,57 @@ def test_hourly_rollup_matches_the_rows_through_duplicates_and_prune(tmp_path: P
     assert _query(path, _ROLLUP) == _query(path, _ROLLUP_FROM_RAW)
 
 
-def test_one_bad_row_cannot_block_the_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("good_rows", [5, 2 * store.CHUNK_ROWS + 7])
+def test_one_bad_row_cannot_block_the_log(tmp_path: Path, good_rows: int) -> None:
     path = tmp_path / "usage.db"
     log = UsageLog(path)
-    good = [_record(f"good-{i}") for i in range(5)]
+    log.flush()  # the file exists, so all records below go in one batch
+    good = [_record(f"good-{i}") for i in range(good_rows)]
     bad = _record("bad")
     bad.agent = object()  # type: ignore[assignment]  # sqlite3 cannot bind it
     for record in (*good[:2], bad, *good[2:]):
         log.submit(record)
     assert log.flush()
     stats = log.stats()
-    assert (stats.written, stats.dropped, stats.pending) == (5, 1, 0)
-    assert _count(path) == 5
+    assert (stats.written, stats.dropped, stats.pending) == (good_rows, 1, 0)
+    assert _count(path) == good_rows
+
+
+def test_rows_in_chunks_equal_rows_one_at_a_time_and_keep_nulls(tmp_path: Path) -> None:
+    records = []
+    for i in range(store.CHUNK_ROWS + 3):
+        record = _record(f"r{i}", "gpt-4o" if i % 2 else "no-such-model-xyz", cache_read_tokens=i)
+        if i % 3 == 0:
+            record.agent, record.latency_ms, record.ttft_ms = "planner", 12.5, 0.0
+            record.tags, record.attrs = ("a", "b"), {"user_id": "u"}
+        records.append(record)
+    rows = [store.record_row(r) for r in records]
+    chunked, single = open_db(tmp_path / "chunked.db"), open_db(tmp_path / "single.db")
+    assert store.insert_rows(chunked, rows) == len(rows)
+    assert store.insert_rows(chunked, rows) == 0  # all duplicates, in chunks too
+    for row in rows:
+        store.insert_rows(single, [row])
+    everything = "SELECT * FROM calls ORDER BY id"
+    assert chunked.execute(everything).fetchall() == single.execute(everything).fetchall()
+
+    # NULL travels as '' or -1 to the INSERT, which must turn it back into NULL.
+    nullable = (
+        "parent_run_id, trace_id, response_model, agent, run_name, tags, attrs, anomalies, "
+        "error_type, service_tier, estimate_method, price_flags, latency_ms, ttft_ms"
+    )
+    plain = chunked.execute(f"SELECT {nullable} FROM calls WHERE run_id = 'r1'").fetchone()
+    assert plain == (None,) * 14
+    unpriced = chunked.execute(
+        "SELECT cost_usd, cost_pusd, cost_input, cost_output, catalog_model, priced "
+        "FROM calls WHERE run_id = 'r2'"
+    ).fetchone()
+    assert unpriced == (None, None, None, None, None, 0)
+    # A zero is a value, not a NULL.
+    timed = chunked.execute(
+        "SELECT agent, latency_ms, ttft_ms, tags, attrs, cost_cache_write FROM calls "
+        "WHERE run_id = 'r3'"
+    ).fetchone()
+    assert timed == ("planner", 12.5, 0.0, '["a", "b"]', '{"user_id": "u"}', "0")
 
 
 def test_a_cost_past_64_bits_keeps_its_exact_text(tmp_path: Path) -> None:
@@ -343,3 +382,19 @@ def test_a_cost_past_64_bits_keeps_its_exact_text(tmp_path: Path) -> None:
     log.submit(_record("huge", input_tokens=10**12, output_tokens=10**12))
     assert log.flush()
     assert _query(path, "SELECT cost_usd, cost_pusd FROM calls") == [("12500000", None)]
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        ("0.00350", "0.0035"),
+        ("1E-7", "0.0000001"),  # str() would give the exponent form
+        ("0.000000025", "0.000000025"),
+        ("1.2500E+7", "12500000"),
+        ("1E+2", "100"),
+        ("0E-12", "0"),
+        ("7.000", "7"),
+    ],
+)
+def test_money_text_is_plain_decimal_without_exponent(amount: str, text: str) -> None:
+    assert store.money_text(Decimal(amount)) == text
