@@ -398,3 +398,16 @@ def test_a_cost_past_64_bits_keeps_its_exact_text(tmp_path: Path) -> None:
 )
 def test_money_text_is_plain_decimal_without_exponent(amount: str, text: str) -> None:
     assert store.money_text(Decimal(amount)) == text
+
+
+def test_chunks_shrink_to_the_sqlite_parameter_limit(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "usage.db")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # the default before 3.32
+    per_statement = store._rows_per_statement(conn)
+    assert per_statement == 999 // len(store.COLUMNS)  # 23 rows of 43 parameters
+    rows = [store.record_row(_record(f"r{i}")) for i in range(3 * per_statement + 5)]
+    assert store.insert_rows(conn, rows) == len(rows)
+    assert conn.execute("SELECT count(*), count(DISTINCT run_id) FROM calls").fetchone() == (
+        len(rows),
+        len(rows),
+    )

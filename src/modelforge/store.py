@@ -134,7 +134,6 @@ _INSERT = (
 # step, and a thread that wants it back waits for the switch interval (5 ms) while the
 # caller's thread runs: a chunk of rows per statement takes the GIL back once per chunk.
 CHUNK_ROWS = 256
-_INSERT_CHUNK = _INSERT + ", ".join([""] + [_INSERT.partition(" VALUES ")[2]] * (CHUNK_ROWS - 1))
 _PICO = Decimal(10) ** 12
 _INT64 = 2**63
 # Errors that say a row's data is wrong, not that the file is unusable.
@@ -346,11 +345,12 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> in
     try:
         last_id = conn.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()[0]
         rows = list(rows)
-        whole = len(rows) - len(rows) % CHUNK_ROWS
+        per_statement = _rows_per_statement(conn)
+        whole = len(rows) - len(rows) % per_statement if per_statement > 1 else 0
         inserted = 0
-        for start in range(0, whole, CHUNK_ROWS):
-            chunk = chain.from_iterable(rows[start : start + CHUNK_ROWS])
-            inserted += conn.execute(_INSERT_CHUNK, tuple(chunk)).rowcount
+        for start in range(0, whole, per_statement):
+            chunk = chain.from_iterable(rows[start : start + per_statement])
+            inserted += conn.execute(_insert_chunk(per_statement), tuple(chunk)).rowcount
         if whole < len(rows):
             inserted += conn.executemany(_INSERT, rows[whole:]).rowcount
         if inserted:
@@ -361,6 +361,24 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> in
             conn.execute("ROLLBACK")
         raise
     return int(inserted)
+
+
+def _rows_per_statement(conn: sqlite3.Connection) -> int:
+    """CHUNK_ROWS, or fewer where SQLite allows fewer parameters per statement (999 by
+    default before 3.32)."""
+    getlimit = getattr(conn, "getlimit", None)  # Python 3.11+
+    if getlimit is not None:
+        limit = int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    else:  # pragma: no cover - Python 3.10
+        limit = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+    return min(CHUNK_ROWS, limit // len(COLUMNS))
+
+
+@functools.lru_cache(maxsize=4)
+def _insert_chunk(rows: int) -> str:
+    """`_INSERT` with `rows` rows of values."""
+    values = _INSERT.partition(" VALUES ")[2]
+    return _INSERT + f", {values}" * (rows - 1)
 
 
 _held_fds: dict[str, int] = {}
