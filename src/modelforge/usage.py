@@ -12,7 +12,7 @@ value is clamped and described in `Usage.anomalies`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
@@ -319,34 +319,53 @@ def from_openai_chat(usage: Any, service_tier: Any = None) -> Usage:
     return b.build()
 
 
-def _count(value: Any) -> int | None:
-    """A clean token count as is, 0 for a missing one, None for anything else."""
-    if value is None:
-        return 0
-    return value if type(value) is int and 0 <= value <= MAX_TOKENS else None
-
-
 def _plain_openai_chat(usage: Any, service_tier: Any) -> Usage | None:
     """`from_openai_chat` for clean payloads (plain ints, parts within wholes), in a
-    third of the time; None sends anything else through the builder, which coerces,
+    fraction of the time; None sends anything else through the builder, which coerces,
     clamps and notes anomalies."""
-    if usage is None or isinstance(usage, (str, bytes, int, float, list, tuple)):
+    fields = fields_of(usage)
+    return None if fields is None else plain_openai_chat(fields, service_tier)
+
+
+def plain_openai_chat(fields: Mapping[str, Any], service_tier: Any) -> Usage | None:
+    """`_plain_openai_chat` of a usage payload already read by `fields_of`."""
+    prompt_details: Mapping[str, Any] | None = _NO_FIELDS
+    completion_details: Mapping[str, Any] | None = _NO_FIELDS
+    if (details := fields.get("prompt_tokens_details")) is not None:
+        prompt_details = fields_of(details)
+    if (details := fields.get("completion_tokens_details")) is not None:
+        completion_details = fields_of(details)
+    if prompt_details is None or completion_details is None:
         return None
-    prompt_details = field(usage, "prompt_tokens_details")
-    completion_details = field(usage, "completion_tokens_details")
-    counts = (
-        _count(field(usage, "prompt_tokens")),
-        _count(field(usage, "completion_tokens")),
-        _count(field(prompt_details, "cached_tokens")),
-        _count(field(prompt_details, "cache_write_tokens")),
-        _count(field(prompt_details, "audio_tokens")),
-        _count(field(completion_details, "reasoning_tokens")),
-        _count(field(completion_details, "audio_tokens")),
-    )
-    if None in counts:
-        return None
-    inp, out, read, write, audio_in, reasoning, audio_out = cast("tuple[int, ...]", counts)
-    if read + write + audio_in > inp or reasoning + audio_out > out:
+    # A count is its int, 0 when missing, and -1 (never clean) when of any other type;
+    # one test below then rejects every unclean value. Written out, not in a helper:
+    # seven calls cost more than the rest of this function.
+    v = fields.get("prompt_tokens")
+    inp = v if type(v) is int else 0 if v is None else -1
+    v = fields.get("completion_tokens")
+    out = v if type(v) is int else 0 if v is None else -1
+    v = prompt_details.get("cached_tokens")
+    read = v if type(v) is int else 0 if v is None else -1
+    v = prompt_details.get("cache_write_tokens")
+    write = v if type(v) is int else 0 if v is None else -1
+    v = prompt_details.get("audio_tokens")
+    audio_in = v if type(v) is int else 0 if v is None else -1
+    v = completion_details.get("reasoning_tokens")
+    reasoning = v if type(v) is int else 0 if v is None else -1
+    v = completion_details.get("audio_tokens")
+    audio_out = v if type(v) is int else 0 if v is None else -1
+    # Parts are non-negative and within wholes within the cap, so all are in range.
+    if (
+        read < 0
+        or write < 0
+        or audio_in < 0
+        or reasoning < 0
+        or audio_out < 0
+        or read + write + audio_in > inp
+        or reasoning + audio_out > out
+        or inp > MAX_TOKENS
+        or out > MAX_TOKENS
+    ):
         return None
     tier = None
     if isinstance(service_tier, str) and service_tier:
@@ -355,15 +374,129 @@ def _plain_openai_chat(usage: Any, service_tier: Any) -> Usage | None:
             tier = None
     elif service_tier is not None:
         return None
-    return Usage(
-        input_tokens=inp,
-        output_tokens=out,
-        cache_read_tokens=read,
-        cache_write_tokens=write,
-        input_audio_tokens=audio_in,
-        reasoning_tokens=reasoning,
-        output_audio_tokens=audio_out,
-        service_tier=tier,
+    return _checked_usage(inp, out, read, write, audio_in, reasoning, audio_out, tier)
+
+
+_NO_FIELDS: Mapping[str, Any] = {}
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+# What `Usage(input_tokens=…, …, service_tier=…)` marks as set: the arguments, and
+# total_tokens, which `_fill_total` adds.
+_CHECKED_FIELDS_SET = frozenset(
+    {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "input_audio_tokens",
+        "reasoning_tokens",
+        "output_audio_tokens",
+        "service_tier",
+        "total_tokens",
+    }
+)
+
+
+def _checked_usage(
+    inp: int,
+    out: int,
+    read: int,
+    write: int,
+    audio_in: int,
+    reasoning: int,
+    audio_out: int,
+    tier: str | None,
+) -> Usage:
+    """The `Usage` pydantic would build from these, without validating them again.
+
+    Only for counts already checked: ints in [0, MAX_TOKENS], parts within their wholes,
+    `tier` None or a lowercase str. Validation (two Python validators in strict mode)
+    took longer than reading the whole payload. Fields go in declaration order, as
+    validation puts them, so repr, dumps and equality are the same.
+    """
+    usage = _new_object(Usage)
+    _set_attribute(
+        usage,
+        "__dict__",
+        {
+            "input_tokens": inp,
+            "output_tokens": out,
+            "cache_read_tokens": read,
+            "cache_write_tokens": write,
+            "cache_write_1h_tokens": 0,
+            "reasoning_tokens": reasoning,
+            "input_audio_tokens": audio_in,
+            "output_audio_tokens": audio_out,
+            "total_tokens": inp + out,
+            "service_tier": tier,
+            "cache_hit": False,
+            "estimated": False,
+            "anomalies": (),
+        },
+    )
+    _set_attribute(usage, "__pydantic_fields_set__", set(_CHECKED_FIELDS_SET))
+    _set_attribute(usage, "__pydantic_extra__", None)
+    _set_attribute(usage, "__pydantic_private__", None)
+    return usage
+
+
+# Every name read through `fields_of`, here and in the integrations. A class that has
+# one of them as a class attribute (a property, a method) is read with `field` instead.
+PLAIN_NAMES = (
+    "raw",
+    "usage",
+    "usageMetadata",
+    "usage_metadata",
+    "model",
+    "service_tier",
+    "response",
+    "message",
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "cached_tokens",
+    "cache_write_tokens",
+    "audio_tokens",
+    "reasoning_tokens",
+    "input_tokens",
+)
+_plain_classes: dict[type, bool] = {}
+
+
+def fields_of(obj: Any) -> Mapping[str, Any] | None:
+    """`obj`'s fields as a mapping whose `.get(name)` is exactly `field(obj, name)` for
+    every name in `PLAIN_NAMES`; None when no such mapping is at hand (use `field`).
+
+    A plain dict is itself; a pydantic model (what the OpenAI and Anthropic SDKs return)
+    is its `__dict__` plus its extra fields. `getattr` of a field an SDK model lacks
+    raises and catches an AttributeError inside pydantic, which costs about 3 µs.
+    """
+    if type(obj) is dict:
+        return obj
+    cls = type(obj)
+    plain = _plain_classes.get(cls)
+    if plain is None:
+        plain = _is_plain_model(cls)
+        if len(_plain_classes) > 1024:  # classes made on the fly: never grow without end
+            _plain_classes.clear()
+        _plain_classes[cls] = plain
+    if not plain:
+        return None
+    values: dict[str, Any] = obj.__dict__
+    extra = obj.__pydantic_extra__
+    # getattr finds a field in __dict__ first, then an extra one (BaseModel.__getattr__).
+    return {**extra, **values} if extra else values
+
+
+def _is_plain_model(cls: type) -> bool:
+    """Whether `getattr` on instances of `cls` reads `PLAIN_NAMES` from their fields."""
+    return (
+        issubclass(cls, BaseModel)
+        and not issubclass(cls, Mapping)
+        and cls.__getattribute__ is object.__getattribute__
+        and cls.__getattr__ is BaseModel.__getattr__  # type: ignore[attr-defined]
+        and not any(hasattr(cls, name) for name in PLAIN_NAMES)
     )
 
 
