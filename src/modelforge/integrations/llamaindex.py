@@ -29,7 +29,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -151,16 +151,28 @@ def _forget_oldest(table: dict[Any, Any], count: int) -> None:
         table.pop(key, None)
 
 
-def _lineage(span_id: str | None) -> tuple[str | None, str | None]:
-    """The parent span of `span_id` and the root of its tree (None for a root span)."""
-    parent = _parents.get(span_id) if span_id else None
-    root = parent
+def _enclosing(
+    span_id: str | None, open_calls: Mapping[str, _Call]
+) -> tuple[_Call | None, str | None, str | None]:
+    """The open call `span_id` is, or is nested in; when there is none, also the span's
+    parent and the root of its tree (both None for a root span). One walk up the tree
+    answers both, as a call start needs one or the other."""
+    if span_id is None:
+        return None, None, None
+    call = open_calls.get(span_id)
+    if call is not None:
+        return call, None, None
+    span = parent = root = _parents.get(span_id)
     for _ in range(_MAX_DEPTH):
-        above = _parents.get(root) if root else None
-        if not above:
+        if span is None:
             break
-        root = above
-    return parent, root
+        call = open_calls.get(span)
+        if call is not None:
+            return call, None, None
+        span = _parents.get(span)
+        if span is not None:
+            root = span
+    return None, parent, root
 
 
 # --- one call, from start to end --------------------------------------------------------
@@ -184,7 +196,7 @@ class _Call:
     # tokens when the provider reports none; never stored.
     prompt: Any = None
     prompt_is_chat: bool = True
-    nested: list[str] = field(default_factory=list)
+    nested: list[str] | None = None  # keys of calls folded into this one
     response: Any = None
     first_usage: Any = None
     last_usage: Any = None
@@ -192,22 +204,31 @@ class _Call:
 
 
 def _new_call(
-    key: str, run_key: str, operation: str, model_dict: Any, tags: Any, span_id: str | None
+    key: str,
+    run_key: str,
+    operation: str,
+    model_dict: Any,
+    tags: Any,
+    span_id: str | None,
+    parent: str | None,
+    root: str | None,
 ) -> _Call:
-    parent, root = _lineage(span_id)
     return _Call(
-        key=key,
-        run_key=run_key,
-        operation=operation,
-        model_dict=model_dict,
-        started=time.perf_counter(),
-        wall=time.time(),
-        sessions=current_sessions(),
-        tags=tags,
-        span_id=span_id,
-        parent_span=parent,
-        root_span=root,
+        key,
+        run_key,
+        operation,
+        model_dict,
+        time.perf_counter(),
+        time.time(),
+        current_sessions(),
+        tags,
+        span_id,
+        parent,
+        root,
     )
+
+
+_NO_CALLS: Mapping[str, _Call] = {}
 
 
 class _Calls:
@@ -229,27 +250,19 @@ class _Calls:
         tags: Any,
     ) -> None:
         with self._lock:
-            call = self._enclosing(span_id)
+            open_calls = self._open
+            call, parent, root = _enclosing(span_id, open_calls)
             if call is None:
-                call = _new_call(key, run_key, operation, model_dict, tags, span_id)
-                if len(self._open) >= MAX_OPEN_CALLS:
-                    _forget_oldest(self._open, MAX_OPEN_CALLS // 2)
+                call = _new_call(key, run_key, operation, model_dict, tags, span_id, parent, root)
+                if len(open_calls) >= MAX_OPEN_CALLS:
+                    _forget_oldest(open_calls, MAX_OPEN_CALLS // 2)
+            elif call.nested is None:
+                call.nested = [key]  # a nested call, folded into the outer one
             else:
-                call.nested.append(key)  # a nested call, folded into the outer one
+                call.nested.append(key)
             # The innermost call's input is the one the provider was sent.
             call.prompt, call.prompt_is_chat = prompt, operation == "chat"
-            self._open[key] = call
-
-    def _enclosing(self, span_id: str | None) -> _Call | None:
-        span = span_id
-        for _ in range(_MAX_DEPTH):
-            if span is None:
-                return None
-            call = self._open.get(span)
-            if call is not None:
-                return call
-            span = _parents.get(span)
-        return None
+            open_calls[key] = call
 
     def progress(self, key: str | None, response: Any) -> None:
         call = self._open.get(key) if key else None
@@ -278,14 +291,15 @@ class _Calls:
                 call.response = response
             if call.key != key:
                 return None
-            for inner in call.nested:
+            for inner in call.nested or ():
                 self._open.pop(inner, None)
         return call
 
     def embed_start(
         self, key: str, run_key: str, span_id: str | None, model_dict: Any, tags: Any
     ) -> None:
-        call = _new_call(key, run_key, "embedding", model_dict, tags, span_id)
+        _, parent, root = _enclosing(span_id, _NO_CALLS)
+        call = _new_call(key, run_key, "embedding", model_dict, tags, span_id, parent, root)
         with self._lock:
             # One batch span can hold several start/end pairs; they end in order.
             self._embeds.setdefault(key, deque()).append(call)
