@@ -103,16 +103,27 @@ def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cos
     audio_in = usage.input_audio_tokens
     audio_out = usage.output_audio_tokens
     reasoning_tokens = usage.reasoning_tokens
-    # Prices are per 1M tokens; scaleb shifts the exponent, so it is exact and cheap.
+    # Prices are per 1M tokens. Multiplying by 1E-6 only shifts the exponent, so it is
+    # exact, and every step is then the same one Decimal operation.
+    text_in = prices.input * (usage.input_tokens - read - write_5m - write_1h - audio_in) * _MICRO
+    text_out = prices.output * (usage.output_tokens - reasoning_tokens - audio_out) * _MICRO
+    if not (read or write_5m or write_1h or audio_in or audio_out or reasoning_tokens):
+        # The sum below with every part unused: after the first 0E-6 the others add
+        # nothing (the sum's exponent is already at most -6).
+        total = ZERO + text_in + _UNUSED + text_out
+        return _priced_cost(
+            text_in, _UNUSED, _UNUSED, text_out, _UNUSED, _UNUSED, total,
+            model or entry.model_id, entry, tuple(flags),
+        )  # fmt: skip
     cache_read = cache_write = audio = reasoning = _UNUSED
     if read:
         rate = prices.cache_read
         if rate is None:
             rate = prices.input
             flags.append("cache_read_at_input_price")
-        cache_read = (rate * read).scaleb(-6)
+        cache_read = rate * read * _MICRO
     if write_5m or write_1h:
-        cache_write = _cache_writes(entry, prices, usage, flags).scaleb(-6)
+        cache_write = _cache_writes(entry, prices, usage, flags) * _MICRO
     if audio_in or audio_out:
         audio = ZERO
         if audio_in:
@@ -121,13 +132,10 @@ def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cos
         if audio_out:
             rate = prices.output_audio if prices.output_audio is not None else prices.output
             audio += rate * audio_out
-        audio = audio.scaleb(-6)
+        audio = audio * _MICRO
     if reasoning_tokens:
         rate = prices.reasoning if prices.reasoning is not None else prices.output
-        reasoning = (rate * reasoning_tokens).scaleb(-6)
-    text_in = prices.input * (usage.input_tokens - read - write_5m - write_1h - audio_in)
-    text_out = prices.output * (usage.output_tokens - reasoning_tokens - audio_out)
-    text_in, text_out = text_in.scaleb(-6), text_out.scaleb(-6)
+        reasoning = rate * reasoning_tokens * _MICRO
     total = ZERO + text_in + cache_read + cache_write + text_out + reasoning + audio
     return _priced_cost(
         text_in, cache_read, cache_write, text_out, reasoning, audio, total,
@@ -135,6 +143,7 @@ def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cos
     )  # fmt: skip
 
 
+_MICRO = Decimal("1E-6")
 # What a token class the call did not use adds: `0E-6`, as `ZERO.scaleb(-6)` always gave.
 _UNUSED = ZERO.scaleb(-6)
 _new = object.__new__
