@@ -379,7 +379,12 @@ def plain_openai_chat(fields: Mapping[str, Any], service_tier: Any) -> Usage | N
 
 _NO_FIELDS: Mapping[str, Any] = {}
 _new_object = object.__new__
-_set_attribute = object.__setattr__
+# The setters of a pydantic model's four slots, called directly: object.__setattr__
+# would look each one up again.
+_set_dict, _set_fields_set, _set_extra, _set_private = (
+    BaseModel.__dict__[f"__{name}__"].__set__
+    for name in ("dict", "pydantic_fields_set", "pydantic_extra", "pydantic_private")
+)
 # What `Usage(input_tokens=…, …, service_tier=…)` marks as set: the arguments, and
 # total_tokens, which `_fill_total` adds.
 _CHECKED_FIELDS_SET = frozenset(
@@ -415,9 +420,8 @@ def _checked_usage(
     validation puts them, so repr, dumps and equality are the same.
     """
     usage = _new_object(Usage)
-    _set_attribute(
+    _set_dict(
         usage,
-        "__dict__",
         {
             "input_tokens": inp,
             "output_tokens": out,
@@ -434,9 +438,9 @@ def _checked_usage(
             "anomalies": (),
         },
     )
-    _set_attribute(usage, "__pydantic_fields_set__", set(_CHECKED_FIELDS_SET))
-    _set_attribute(usage, "__pydantic_extra__", None)
-    _set_attribute(usage, "__pydantic_private__", None)
+    _set_fields_set(usage, set(_CHECKED_FIELDS_SET))
+    _set_extra(usage, None)
+    _set_private(usage, None)
     return usage
 
 
