@@ -359,3 +359,26 @@ def test_a_dict_response_is_read_as_field_reads_it() -> None:
     assert fast is not None and usage is not None
     _same_usage(fast[0], usage)
     assert fast[1] == served == "gpt-4o"
+
+
+# --- pricing a plain answer ---------------------------------------------------------------
+
+
+def test_plain_usage_is_priced_exactly_as_every_part_summed() -> None:
+    from modelforge.pricing.cost import price
+
+    # gpt-4o: input 2.5, output 10.0 per 1M. 4008 * 2.5 = 10020.0 and 17 * 10.0 = 170.0
+    # per 1M, each with the exponent its price gave, shifted by six places.
+    plain = price("gpt-4o", Usage(input_tokens=4008, output_tokens=17))
+    assert (str(plain.input), str(plain.output)) == ("0.0100200", "0.0001700")
+    # Unused parts are 0E-6, and the total keeps the finest exponent of all the parts.
+    assert {
+        str(getattr(plain, p)) for p in ("cache_read", "cache_write", "reasoning", "audio")
+    } == {"0.000000"}
+    assert str(plain.total) == "0.0101900"
+    # One more part used takes the general sum: 8 reasoning tokens at 10.0 = 80.0 per 1M.
+    reasoned = price("gpt-4o", Usage(input_tokens=4008, output_tokens=17, reasoning_tokens=8))
+    assert (str(reasoned.output), str(reasoned.reasoning)) == ("0.0000900", "0.0000800")
+    assert str(reasoned.total) == "0.0101900"
+    # An output-free call: 1000 * 2.5 = 2500.0 per 1M.
+    assert str(price("gpt-4o", Usage(input_tokens=1000)).total) == "0.0025000"

@@ -30,7 +30,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,7 @@ from llama_index.core.instrumentation.span_handlers import NullSpanHandler
 
 from modelforge import config, recorder
 from modelforge.estimate import estimate_usage, text_of
-from modelforge.records import CallRecord, clean_attrs, elapsed_ms, format_ts, price_call
+from modelforge.records import CallRecord, clean_attrs, elapsed_ms, price_call, utc_now
 from modelforge.session import UsageSession, current_sessions
 from modelforge.usage import (
     Usage,
@@ -163,6 +162,8 @@ def _enclosing(
     if call is not None:
         return call, None, None
     span = parent = root = _parents.get(span_id)
+    if parent is None:  # a root span, the usual case
+        return None, None, None
     for _ in range(_MAX_DEPTH):
         if span is None:
             break
@@ -185,7 +186,7 @@ class _Call:
     operation: str
     model_dict: Any
     started: float
-    wall: float
+    ts: str  # when it started, as the record gives it
     sessions: tuple[UsageSession, ...]
     tags: Any
     span_id: str | None
@@ -212,6 +213,7 @@ def _new_call(
     span_id: str | None,
     parent: str | None,
     root: str | None,
+    prompt: Any = None,
 ) -> _Call:
     return _Call(
         key,
@@ -219,12 +221,14 @@ def _new_call(
         operation,
         model_dict,
         time.perf_counter(),
-        time.time(),
+        utc_now(),
         current_sessions(),
         tags,
         span_id,
         parent,
         root,
+        prompt,
+        operation == "chat",
     )
 
 
@@ -253,11 +257,15 @@ class _Calls:
             open_calls = self._open
             call, parent, root = _enclosing(span_id, open_calls)
             if call is None:
-                call = _new_call(key, run_key, operation, model_dict, tags, span_id, parent, root)
                 if len(open_calls) >= MAX_OPEN_CALLS:
                     _forget_oldest(open_calls, MAX_OPEN_CALLS // 2)
-            elif call.nested is None:
-                call.nested = [key]  # a nested call, folded into the outer one
+                open_calls[key] = _new_call(
+                    key, run_key, operation, model_dict, tags, span_id, parent, root, prompt
+                )
+                return
+            # A nested call, folded into the outer one.
+            if call.nested is None:
+                call.nested = [key]
             else:
                 call.nested.append(key)
             # The innermost call's input is the one the provider was sent.
@@ -485,22 +493,6 @@ def _provider_of_class(class_name: str) -> str | None:
     return None
 
 
-_second_text: tuple[int, str] = (-1, "")
-
-
-def _timestamp(wall: float) -> str:
-    """`format_ts` of an epoch time; its text up to the second is reused within a second."""
-    global _second_text
-    second = int(wall)
-    micros = round((wall - second) * 1e6)  # rounded as datetime.fromtimestamp does
-    if micros >= 1_000_000:
-        second, micros = second + 1, micros - 1_000_000
-    cached = _second_text
-    if cached[0] != second:
-        cached = _second_text = (second, format_ts(datetime.fromtimestamp(second, timezone.utc)))
-    return f"{cached[1][:19]}.{micros:06d}Z"
-
-
 def _prompt_texts(prompt: Any) -> list[str]:
     if isinstance(prompt, str):
         return [prompt]
@@ -590,7 +582,7 @@ def _build_record(
         run_id=run_id,
         usage=usage,
         cost=price_call(usage, model, served, provider),
-        ts=_timestamp(call.wall),
+        ts=call.ts,
         framework="llamaindex",
         operation=call.operation,
         provider=provider,
