@@ -329,12 +329,17 @@ def _plain_openai_chat(usage: Any, service_tier: Any) -> Usage | None:
 
 def plain_openai_chat(fields: Mapping[str, Any], service_tier: Any) -> Usage | None:
     """`_plain_openai_chat` of a usage payload already read by `fields_of`."""
-    prompt_details: Mapping[str, Any] | None = _NO_FIELDS
-    completion_details: Mapping[str, Any] | None = _NO_FIELDS
-    if (details := fields.get("prompt_tokens_details")) is not None:
-        prompt_details = fields_of(details)
-    if (details := fields.get("completion_tokens_details")) is not None:
-        completion_details = fields_of(details)
+    # Details are mostly dicts or absent; only others need fields_of.
+    prompt_details: Mapping[str, Any] | None = fields.get("prompt_tokens_details")
+    if prompt_details is None:
+        prompt_details = _NO_FIELDS
+    elif type(prompt_details) is not dict:
+        prompt_details = fields_of(prompt_details)
+    completion_details: Mapping[str, Any] | None = fields.get("completion_tokens_details")
+    if completion_details is None:
+        completion_details = _NO_FIELDS
+    elif type(completion_details) is not dict:
+        completion_details = fields_of(completion_details)
     if prompt_details is None or completion_details is None:
         return None
     # A count is its int, 0 when missing, and -1 (never clean) when of any other type;

@@ -421,11 +421,13 @@ def _plain_response_usage(response: Any) -> tuple[Usage, str | None] | None:
     Each test below is a branch the general path would take otherwise.
     """
     fields = fields_of(response)
-    raw = fields_of(fields.get("raw")) if fields is not None else None
-    if raw is None:
-        return None
+    raw = fields.get("raw") if fields is not None else None
+    if type(raw) is not dict:  # most are dicts; fields_of reads the others, if it can
+        raw = fields_of(raw)
+        if raw is None:
+            return None
     usage = raw.get("usage")
-    payload = fields_of(usage) if usage is not None else None
+    payload = usage if type(usage) is dict else fields_of(usage)
     if (
         payload is None
         # `extract_usage` would look inside these
@@ -437,7 +439,8 @@ def _plain_response_usage(response: Any) -> tuple[Usage, str | None] | None:
     ):
         return None
     plain = plain_openai_chat(payload, raw.get("service_tier"))
-    if plain is None or plain.is_empty:  # an empty usage falls through to other sources
+    # An empty usage falls through to other sources.
+    if plain is None or not (plain.input_tokens or plain.output_tokens):
         return None
     return plain, _model_name(raw.get("model"))
 
@@ -591,7 +594,7 @@ def _build_record(
         status="error" if error is not None else "ok",
         error_type=type(error).__name__ if error is not None else None,
         latency_ms=elapsed_ms(call.started, ended),
-        ttft_ms=elapsed_ms(call.started, call.first_token),
+        ttft_ms=None if call.first_token is None else elapsed_ms(call.started, call.first_token),
         estimate_method=estimate_method,
         parent_run_id=RUN_PREFIX + parent if parent else None,
         trace_id=RUN_PREFIX + root if root else run_id,
