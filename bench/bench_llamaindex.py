@@ -1,17 +1,19 @@
 """Time our `UsageEventHandler` adds to a LlamaIndex `chat`, beside `TokenCountingHandler`.
 
-Run from anywhere: `python bench/bench_llamaindex.py [--calls N] [--rounds N]`. The LLM
-is an in-process `CustomLLM` whose `chat` answers at once, so no HTTP is timed: what is
-left is LlamaIndex's own work plus the handler's. Every set-up runs on the same
+Run from anywhere: `python bench/bench_llamaindex.py [--calls N] [--rounds N] [--steady N]`.
+The LLM is an in-process `CustomLLM` whose `chat` answers at once, so no HTTP is timed:
+what is left is LlamaIndex's own work plus the handler's. Every set-up runs on the same
 ~4k-token prompt, in interleaved rounds of one process; each figure is the best round.
 The set-ups without our handler run without the span tracker it adds to LlamaIndex's
 root dispatcher, so what the tracker costs counts as ours.
 
-Two kinds of answer:
-- usage in `raw` (as from OpenAI or Anthropic): we read it, no tokenizer runs;
-- no usage in `raw` (a local model): we estimate with tiktoken, and so does LlamaIndex's
-  `TokenCountingHandler`, which in llama-index-core 0.14 reads `raw` usage when there
-  is some and runs its tokenizer over prompt and answer only when there is none.
+The log is written by a background thread, which takes the GIL in turns with the caller;
+with an LLM that answers at once the caller never waits on I/O, so the writer's turns
+slow the calls (far more than its own work takes: each handover costs the caller). The
+writer gathers records for up to 50 ms before it writes, so how much of its work falls
+inside a round of a few hundred calls depends on how long the round takes. A longer run
+after the rounds (`--steady N` calls, best of 3) times the calls with the writer's share
+included: what a program that calls a zero-latency LLM back to back would see.
 """
 
 from __future__ import annotations
@@ -196,6 +198,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calls", type=int, default=300, help="calls per set-up and round")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds")
+    parser.add_argument(
+        "--steady", type=int, default=3000, help="calls in each run with the log writer's work"
+    )
     args = parser.parse_args()
     calls = args.calls
 
@@ -229,7 +234,15 @@ def main() -> int:
             best[key] = min(best[key], run())
             modelforge.flush()
 
-    logged = (args.rounds + 1) * calls * 2
+    steady = {"bare": float("inf"), "logged": float("inf")}
+    for _ in range(3):
+        steady["bare"] = min(steady["bare"], _bare(lambda: time_calls(reporting, args.steady)))
+        steady["logged"] = min(
+            steady["logged"], _instrumented(lambda: time_calls(reporting, args.steady))
+        )
+        modelforge.flush()
+
+    logged = (args.rounds + 1) * calls * 2 + 3 * args.steady
     rows = _rows()
     assert rows == logged, (rows, logged)
     assert in_memory.errors == 0
@@ -246,14 +259,24 @@ def main() -> int:
         shown = "-" if name == "no handler" else f"{extra:.1f}"
         print(f"{name:<36}{'yes' if reported else 'no':>13}{us:>10.1f}{shown:>10}")
 
-    ours = added[("UsageEventHandler, usage log", True)]
+    with_writer = steady["logged"] - steady["bare"]
+    print(
+        f"{'UsageEventHandler, usage log,':<36}{'yes':>13}{steady['logged']:>10.1f}"
+        f"{with_writer:>10.1f}\n  {args.steady:,} calls a run, the log writer's work included"
+    )
+
+    # The larger of ours in memory and ours persisting, both as the rounds timed them.
+    ours = max(
+        added[("UsageEventHandler, usage log", True)],
+        added[("UsageEventHandler, persist=False", True)],
+    )
     tokenizing = added[("TokenCountingHandler", False)]
     reading = added[("TokenCountingHandler", True)]
     print()
     print(f"TokenCountingHandler tokenizing / ours reading usage: {tokenizing / ours:.1f}x")
     print(f"TokenCountingHandler reading usage / ours reading usage: {reading / ours:.2f}x")
     print(
-        f"targets: ours <= {TARGET_ADDED_US:.0f} µs added: "
+        f"targets: ours <= {TARGET_ADDED_US:.0f} µs added, in memory and persisting: "
         f"{'met' if ours <= TARGET_ADDED_US else 'MISSED'}; "
         f">= {TARGET_RATIO:.0f}x less than a tokenizing TokenCountingHandler: "
         f"{'met' if tokenizing / ours >= TARGET_RATIO else 'MISSED'}"
