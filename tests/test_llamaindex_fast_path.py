@@ -218,6 +218,17 @@ class Computed(BaseModel):
         return 7
 
 
+class RaisingMeta(type(BaseModel)):  # type: ignore[misc]
+    def __getattr__(cls, name: str) -> Any:
+        if name in PLAIN_NAMES:
+            raise RuntimeError(f"no {name} on the class")
+        return super().__getattr__(name)
+
+
+class RaisingClass(BaseModel, metaclass=RaisingMeta):
+    prompt_tokens: int = 1
+
+
 def _check_fields_of(obj: Any) -> None:
     fields = fields_of(obj)
     assert fields is not None
@@ -244,11 +255,18 @@ def test_fields_of_reads_what_field_reads() -> None:
 
 @pytest.mark.parametrize(
     "obj",
-    [None, "text", 3, [1], WithProperty(), MappingModel(), Computed(), object()],
+    [None, "text", 3, [1], WithProperty(), MappingModel(), Computed(), RaisingClass(), object()],
     ids=lambda o: type(o).__name__,
 )
 def test_fields_of_declines_what_it_cannot_read_exactly(obj: Any) -> None:
     assert fields_of(obj) is None
+    from_openai_chat(obj)  # and the builder reads it, without raising
+
+
+def test_fields_of_a_model_built_without_its_extras() -> None:
+    half = CompletionResponse.__new__(CompletionResponse)
+    object.__setattr__(half, "__dict__", {"text": "x", "raw": {"usage": SDK_USAGE}})
+    assert fields_of(half) == {"text": "x", "raw": {"usage": SDK_USAGE}}
 
 
 # --- the handler's shortcut is read_response ------------------------------------------

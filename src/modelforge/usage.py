@@ -493,20 +493,23 @@ def fields_of(obj: Any) -> Mapping[str, Any] | None:
     if not plain:
         return None
     values: dict[str, Any] = obj.__dict__
-    extra = obj.__pydantic_extra__
+    extra = getattr(obj, "__pydantic_extra__", None)  # unset only on a half-built model
     # getattr finds a field in __dict__ first, then an extra one (BaseModel.__getattr__).
     return {**extra, **values} if extra else values
 
 
 def _is_plain_model(cls: type) -> bool:
     """Whether `getattr` on instances of `cls` reads `PLAIN_NAMES` from their fields."""
-    return (
-        issubclass(cls, BaseModel)
-        and not issubclass(cls, Mapping)
-        and cls.__getattribute__ is object.__getattribute__
-        and cls.__getattr__ is BaseModel.__getattr__  # type: ignore[attr-defined]
-        and not any(hasattr(cls, name) for name in PLAIN_NAMES)
-    )
+    try:
+        return (
+            issubclass(cls, BaseModel)
+            and not issubclass(cls, Mapping)
+            and cls.__getattribute__ is object.__getattribute__
+            and cls.__getattr__ is BaseModel.__getattr__  # type: ignore[attr-defined]
+            and not any(hasattr(cls, name) for name in PLAIN_NAMES)
+        )
+    except Exception:  # a metaclass that raises on lookup: read it with `field`
+        return False
 
 
 def from_openai_responses(usage: Any, service_tier: Any = None) -> Usage:
