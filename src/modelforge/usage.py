@@ -300,7 +300,8 @@ def _tier_from_prefixed_keys(details: Any) -> str | None:
 
 def from_openai_chat(usage: Any, service_tier: Any = None) -> Usage:
     """OpenAI Chat Completions `usage` (inclusive `prompt_tokens`)."""
-    plain = _plain_openai_chat(usage, service_tier)
+    fields = fields_of(usage)
+    plain = plain_openai_chat(fields, service_tier) if fields is not None else None
     if plain is not None:
         return plain
     b = _Builder()
@@ -319,16 +320,10 @@ def from_openai_chat(usage: Any, service_tier: Any = None) -> Usage:
     return b.build()
 
 
-def _plain_openai_chat(usage: Any, service_tier: Any) -> Usage | None:
-    """`from_openai_chat` for clean payloads (plain ints, parts within wholes), in a
-    fraction of the time; None sends anything else through the builder, which coerces,
-    clamps and notes anomalies."""
-    fields = fields_of(usage)
-    return None if fields is None else plain_openai_chat(fields, service_tier)
-
-
 def plain_openai_chat(fields: Mapping[str, Any], service_tier: Any) -> Usage | None:
-    """`_plain_openai_chat` of a usage payload already read by `fields_of`."""
+    """`from_openai_chat` of a clean payload (plain ints, parts within wholes), read by
+    `fields_of`, in a fraction of the time; None sends anything else through the
+    builder, which coerces, clamps and notes anomalies."""
     # Details are mostly dicts or absent; only others need fields_of.
     prompt_details: Mapping[str, Any] | None = fields.get("prompt_tokens_details")
     if prompt_details is None:
