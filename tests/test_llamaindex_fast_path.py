@@ -17,7 +17,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse
-from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.llm import (
     LLMChatEndEvent,
@@ -30,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from modelforge import track_usage
 from modelforge.integrations import llamaindex as integration
-from modelforge.llamaindex import UsageEventHandler, uninstrument
+from modelforge.llamaindex import UsageEventHandler
 from modelforge.records import CallRecord
 from modelforge.usage import (
     MAX_TOKENS,
@@ -42,18 +41,7 @@ from modelforge.usage import (
     from_openai_chat,
     plain_openai_chat,
 )
-
-
-@pytest.fixture(autouse=True)
-def _clean_dispatcher() -> Iterator[None]:
-    root = get_dispatcher()
-    events, spans = list(root.event_handlers), list(root.span_handlers)
-    yield
-    uninstrument()
-    root.event_handlers, root.span_handlers = events, spans
-    integration._span_parents = None
-    integration._span_users.clear()
-    integration._parents.clear()
+from test_llamaindex import _clean_dispatcher  # noqa: F401  (autouse: the dispatcher as found)
 
 
 def _same_usage(fast: Usage, validated: Usage, fields_set: bool = True) -> None:
