@@ -40,7 +40,7 @@ import modelforge
 from modelforge import config, track_usage
 from modelforge.integrations.langchain import read_llm_result
 from modelforge.langchain import UsageCallbackHandler
-from modelforge.usage import MAX_TOKENS, from_langchain
+from modelforge.usage import MAX_TOKENS, Usage, from_langchain
 from modelforge.wire import Reply, WireServer
 
 # The anthropic SDK warns on every call naming a model past its announced end-of-life date.
@@ -752,6 +752,48 @@ def test_usage_from_a_result_matches_from_langchain(
     )
     assert usage == from_langchain(metadata)
     assert (served, tier) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("details_in", "details_out", "expected"),
+    [
+        ({"cache_read": 1000}, {"reasoning": 100}, {"cache_read_tokens": 1000}),
+        # langchain-anthropic: the TTL split, with cache_creation its sum
+        (
+            {"cache_read": 10, "cache_creation": 300, "ephemeral_5m_input_tokens": 100,
+             "ephemeral_1h_input_tokens": 200},
+            {},
+            {"cache_read_tokens": 10, "cache_write_tokens": 100, "cache_write_1h_tokens": 200},
+        ),
+        ({"audio": 40}, {"audio": 7}, {"input_audio_tokens": 40, "output_audio_tokens": 7}),
+    ],
+)  # fmt: skip
+def test_the_usage_shortcut_builds_what_validation_builds(
+    details_in: dict[str, int], details_out: dict[str, int], expected: dict[str, int]
+) -> None:
+    metadata = {
+        "input_tokens": 1200,
+        "output_tokens": 300,
+        "total_tokens": 1500,
+        "input_token_details": details_in,
+        "output_token_details": details_out,
+    }
+    message = AIMessage(content="x", usage_metadata=metadata)  # type: ignore[arg-type]
+    fast, _, _ = read_llm_result(LLMResult(generations=[[ChatGeneration(message=message)]]))
+    counts = {
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "cache_write_1h_tokens": 0,
+        "input_audio_tokens": 0,
+        "reasoning_tokens": details_out.get("reasoning", 0),
+        "output_audio_tokens": 0,
+    }
+    validated = Usage(input_tokens=1200, output_tokens=300, **(counts | expected))
+    assert fast is not None
+    assert list(fast.__dict__.items()) == list(validated.__dict__.items())
+    assert fast.model_fields_set == validated.model_fields_set
+    assert (repr(fast), hash(fast)) == (repr(validated), hash(validated))
+    assert fast == from_langchain(metadata)
 
 
 def test_background_writer_flushes_without_being_asked(wire: WireServer, db_path: Path) -> None:

@@ -35,7 +35,7 @@ from modelforge.usage import (
     MAX_TOKENS,
     PLAIN_NAMES,
     Usage,
-    _checked_usage,
+    checked_usage,
     field,
     fields_of,
     from_openai_chat,
@@ -67,7 +67,7 @@ counts = st.integers(min_value=0, max_value=MAX_TOKENS)
     parts=st.lists(st.integers(min_value=0, max_value=1000), min_size=5, max_size=5),
     tier=st.sampled_from([None, "flex", "priority"]),
 )
-def test_checked_usage_is_what_validation_builds(
+def testchecked_usage_is_what_validation_builds(
     inp: int, out: int, parts: list[int], tier: str | None
 ) -> None:
     read, write, audio_in, reasoning, audio_out = parts
@@ -83,7 +83,7 @@ def test_checked_usage_is_what_validation_builds(
         output_audio_tokens=audio_out,
         service_tier=tier,
     )
-    fast = _checked_usage(inp, out, read, write, audio_in, reasoning, audio_out, tier)
+    fast = checked_usage(inp, out, read, write, audio_in, reasoning, audio_out, tier)
     _same_usage(fast, validated)
     # A copy with an update still validates nothing, as for the validated one.
     noted = fast.model_copy(update={"anomalies": ("x",)})

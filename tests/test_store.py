@@ -411,3 +411,24 @@ def test_chunks_shrink_to_the_sqlite_parameter_limit(tmp_path: Path) -> None:
         len(rows),
         len(rows),
     )
+
+
+def test_utc_now_is_format_ts_of_the_current_time() -> None:
+    from datetime import datetime, timezone
+
+    from modelforge.records import format_ts, utc_now
+
+    now = datetime.now(timezone.utc)
+    stamp = utc_now()
+    assert len(stamp) == len(format_ts(now)) == 27  # 2026-11-22T15:30:01.317621Z
+    taken = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs((taken - now).total_seconds()) < 0.5
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "ms"), [(1.0, 1.0123456, 12.346), (2.5, 2.5000004, 0.0), (0.0, None, None)]
+)
+def test_elapsed_ms_rounds_to_the_microsecond(start: float, end: float | None, ms: float) -> None:
+    from modelforge.records import elapsed_ms
+
+    assert elapsed_ms(start, end) == ms

@@ -66,8 +66,9 @@ def deliver(
     if persist and not any(not s.persist for s in stack):
         enabled, default_db = _log_settings()
         if enabled:
-            log_path = db or next((s.db for s in reversed(stack) if s.db), None)
-            _get_log()(log_path or default_db).submit(record)
+            if db is None and stack:
+                db = next((s.db for s in reversed(stack) if s.db), None)
+            _get_log()(db or default_db).submit(record)
     if _sinks and _first_time(record.run_id):
         for sink in list(_sinks):
             try:
@@ -100,8 +101,7 @@ if isinstance(_environ_data, dict) and _encode_key is not None:
     _ENCODED_ENV = tuple(_encode_key(name) for name in _SETTINGS_ENV)
 
     def _settings_env() -> tuple[object, ...]:
-        data = os.environ._data  # type: ignore[attr-defined]
-        return tuple([data.get(key) for key in _ENCODED_ENV])
+        return tuple(map(os.environ._data.get, _ENCODED_ENV))  # type: ignore[attr-defined]
 
 else:  # pragma: no cover - a Python whose os.environ differs
 

@@ -26,17 +26,19 @@ MAX_TAGS = 32
 
 
 _second: tuple[int, str] = (-1, "")
+_THREE_DIGITS = tuple(f"{n:03d}" for n in range(1000))
 
 
 def utc_now() -> str:
     """`format_ts()` of the current time; the formatted second is reused while it lasts."""
     global _second
-    now = time.time()
-    whole = int(now)
+    whole, nanos = divmod(time.time_ns(), 1_000_000_000)
     second = _second
     if second[0] != whole:
         second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return f"{second[1]}.{int((now - whole) * 1_000_000):06d}Z"
+    # Two table lookups instead of a ':06d' format: this runs on every call's start.
+    millis, micros = divmod(nanos // 1000, 1000)
+    return f"{second[1]}.{_THREE_DIGITS[millis]}{_THREE_DIGITS[micros]}Z"
 
 
 def format_ts(moment: datetime) -> str:
@@ -84,23 +86,28 @@ class CallRecord:
 
 def elapsed_ms(start: float, end: float | None) -> float | None:
     """Milliseconds between two `time.perf_counter()` readings, to the microsecond."""
-    return None if end is None else round((end - start) * 1000, 3)
+    # round(x, 3) with a digits argument is several times slower than rounding to an int.
+    return None if end is None else round((end - start) * 1_000_000) / 1000
 
 
 def price_call(
     usage: Usage, model: str | None, response_model: str | None, provider: str | None
 ) -> Cost:
     """Price with the served model first (it names the exact snapshot), then the requested."""
-    names = [n for n in (response_model, model) if n]
+    name = response_model or model or ""
     try:
-        for name in names:
-            cost = price(name, usage, provider)
+        if response_model:
+            cost = price(response_model, usage, provider)
+            if cost.priced:
+                return cost
+        if model and model != response_model:
+            cost = price(model, usage, provider)
             if cost.priced:
                 return cost
     except ModelForgeError as exc:
         config.warn_once(f"price:{exc}", f"cannot price calls: {exc}")
-        return Cost(model=names[0], provider=provider, flags=("price_table_error",))
-    return Cost(model=names[0] if names else "", provider=provider, flags=("unknown_model",))
+        return Cost(model=name, provider=provider, flags=("price_table_error",))
+    return Cost(model=name, provider=provider, flags=("unknown_model",))
 
 
 def clean_attrs(*sources: Mapping[str, Any] | None) -> dict[str, str]:

@@ -374,7 +374,7 @@ def plain_openai_chat(fields: Mapping[str, Any], service_tier: Any) -> Usage | N
             tier = None
     elif service_tier is not None:
         return None
-    return _checked_usage(inp, out, read, write, audio_in, reasoning, audio_out, tier)
+    return checked_usage(inp, out, read, write, audio_in, reasoning, audio_out, tier)
 
 
 _NO_FIELDS: Mapping[str, Any] = {}
@@ -402,7 +402,11 @@ _CHECKED_FIELDS_SET = frozenset(
 )
 
 
-def _checked_usage(
+# The same for `Usage(…)` with every count named but no tier, as LangChain's shortcut does.
+LANGCHAIN_FIELDS_SET = (_CHECKED_FIELDS_SET - {"service_tier"}) | {"cache_write_1h_tokens"}
+
+
+def checked_usage(
     inp: int,
     out: int,
     read: int,
@@ -411,6 +415,8 @@ def _checked_usage(
     reasoning: int,
     audio_out: int,
     tier: str | None,
+    write_1h: int = 0,
+    fields_set: frozenset[str] = _CHECKED_FIELDS_SET,
 ) -> Usage:
     """The `Usage` pydantic would build from these, without validating them again.
 
@@ -427,7 +433,7 @@ def _checked_usage(
             "output_tokens": out,
             "cache_read_tokens": read,
             "cache_write_tokens": write,
-            "cache_write_1h_tokens": 0,
+            "cache_write_1h_tokens": write_1h,
             "reasoning_tokens": reasoning,
             "input_audio_tokens": audio_in,
             "output_audio_tokens": audio_out,
@@ -438,7 +444,7 @@ def _checked_usage(
             "anomalies": (),
         },
     )
-    _set_fields_set(usage, set(_CHECKED_FIELDS_SET))
+    _set_fields_set(usage, set(fields_set))
     _set_extra(usage, None)
     _set_private(usage, None)
     return usage

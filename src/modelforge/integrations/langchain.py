@@ -30,9 +30,11 @@ from modelforge.estimate import estimate_usage, text_of
 from modelforge.records import CallRecord, clean_attrs, clean_tags, elapsed_ms, price_call, utc_now
 from modelforge.session import UsageSession
 from modelforge.usage import (
+    LANGCHAIN_FIELDS_SET,
     MAX_TOKENS,
     STANDARD_SERVICE_TIERS,
     Usage,
+    checked_usage,
     extract_usage,
     from_langchain,
 )
@@ -418,16 +420,11 @@ def _plain_usage(metadata: Any) -> Usage | None:
     audio_out = details_out.get("audio") or 0
     if read + write + one_hour + audio_in > inp or reasoning + audio_out > out:
         return None
-    return Usage(
-        input_tokens=inp,
-        output_tokens=out,
-        cache_read_tokens=read,
-        cache_write_tokens=write,
-        cache_write_1h_tokens=one_hour,
-        input_audio_tokens=audio_in,
-        reasoning_tokens=reasoning,
-        output_audio_tokens=audio_out,
-    )
+    # Every count is checked above, so the Usage is built without validating it again.
+    return checked_usage(
+        inp, out, read, write, audio_in, reasoning, audio_out, None,
+        write_1h=one_hour, fields_set=LANGCHAIN_FIELDS_SET,
+    )  # fmt: skip
 
 
 def _prompt_texts(prompts: Any) -> list[str]:
