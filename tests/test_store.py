@@ -46,7 +46,7 @@ def _mode(path: Path) -> int:
 def test_new_log_is_private_wal_and_migrated(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "usage.db"
     log = get_log(path)
-    assert log.submit(_record("r1"))
+    log.submit(_record("r1"))
     assert log.flush()
 
     assert _mode(path) == 0o600
@@ -93,16 +93,19 @@ def test_reopening_is_idempotent(tmp_path: Path) -> None:
 def test_run_id_is_unique_and_duplicates_are_counted(tmp_path: Path) -> None:
     path = tmp_path / "usage.db"
     log = UsageLog(path)
-    assert log.submit(_record("same")) is True
-    assert log.submit(_record("same")) is False  # caught before it reaches the queue
+    log.submit(_record("same"))
+    log.submit(_record("same"))  # in the same batch: the unique index ignores it
     assert log.flush()
     assert (log.stats().written, log.stats().duplicates) == (1, 1)
+    log.submit(_record("same"))  # in a later batch
+    assert log.flush()
+    assert (log.stats().written, log.stats().duplicates) == (1, 2)
 
     # Another writer (as another process would be) knows nothing of the first one's
     # run_ids: the unique index turns its copy into an ignored INSERT.
     other = UsageLog(path)
-    assert other.submit(_record("same")) is True
-    assert other.submit(_record("different")) is True
+    other.submit(_record("same"))
+    other.submit(_record("different"))
     assert other.flush()
     assert (other.stats().written, other.stats().duplicates) == (1, 1)
     log.close()

@@ -116,8 +116,7 @@ class _Settings:
     config_file: str
     stamp: int | None
     checked: float
-    enabled: bool
-    default_db: Path
+    answer: tuple[bool, Path]  # (enabled, default_db), returned as is
 
 
 _settings_memo: _Settings | None = None
@@ -135,22 +134,19 @@ def _log_settings() -> tuple[bool, Path]:
     global _settings_memo
     env = _settings_env()
     memo = _settings_memo
-    if memo is not None and memo.env == env and memo.generation == config.generation():
+    if memo is not None and memo.env == env and memo.generation == config._generation:
         now = time.monotonic()
         if now - memo.checked < CONFIG_RECHECK:
-            return memo.enabled, memo.default_db
+            return memo.answer
         if _mtime(memo.config_file) == memo.stamp:
             memo.checked = now
-            return memo.enabled, memo.default_db
+            return memo.answer
     generation = config.generation()
     config_file = str(config.config_path())
     stamp = _mtime(config_file)  # before reading, so a write during the read is noticed
-    enabled = config.telemetry_status().enabled
-    default_db = config.default_db_path()
-    _settings_memo = _Settings(
-        env, generation, config_file, stamp, time.monotonic(), enabled, default_db
-    )
-    return enabled, default_db
+    answer = (config.telemetry_status().enabled, config.default_db_path())
+    _settings_memo = _Settings(env, generation, config_file, stamp, time.monotonic(), answer)
+    return answer
 
 
 def _get_log() -> Callable[[Path | str | None], UsageLog]:

@@ -52,9 +52,6 @@ MAX_PENDING = 100_000
 # is slowed a little instead of growing memory without bound or losing records.
 MAX_QUEUED = 5_000
 MAX_WAIT = 1.0
-# run_ids remembered to skip a second handler's copy of the same call; the unique index
-# is what guarantees it, this only saves the round trip.
-RECENT_RUN_IDS = 20_000
 BUSY_TIMEOUT_MS = 30_000
 RETRY_DELAY = 1.0
 
@@ -482,8 +479,6 @@ class UsageLog:
         self.max_pending = max_pending
         self._queue: queue.SimpleQueue[CallRecord | _Flush] = queue.SimpleQueue()
         self._pending: deque[tuple[Any, ...]] = deque()
-        self._recent: dict[str, None] = {}
-        self._recent_lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -494,18 +489,9 @@ class UsageLog:
         self.written = self.duplicates = self.dropped = self.errors = 0
 
     # The caller's side: cheap, never blocks on disk.
-    def submit(self, record: CallRecord) -> bool:
-        """Queue a record; False when this run_id was already queued here."""
-        run_id = record.run_id
-        with self._recent_lock:
-            if run_id in self._recent:
-                self.duplicates += 1
-                return False
-            self._recent[run_id] = None
-            if len(self._recent) > RECENT_RUN_IDS:
-                # dicts keep insertion order: drop the oldest half
-                for old in list(self._recent)[: RECENT_RUN_IDS // 2]:
-                    del self._recent[old]
+    def submit(self, record: CallRecord) -> None:
+        """Queue a record. A run_id already in the log is ignored (and counted) on write:
+        the unique index decides, so checking here too would only slow every call."""
         if self._thread is None:
             self._start()
         if self._queue.qsize() >= MAX_QUEUED:
@@ -513,7 +499,6 @@ class UsageLog:
             self._wake.set()
             self._room.wait(MAX_WAIT)
         self._queue.put(record)
-        return True
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until everything queued so far is written; False on timeout or failure."""
