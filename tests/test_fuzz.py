@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -70,6 +69,7 @@ from modelforge.usage import (
     from_openai_chat,
     from_openai_responses,
 )
+from row_checks import assert_row_consistent
 
 SLOW = os.environ.get("MODELFORGE_SLOW_TESTS") == "1"
 
@@ -679,23 +679,6 @@ def assert_as_expected(usage: Usage, expect: Expect, notes: tuple[str, ...] = ()
         assert usage.anomalies == notes
         assert usage.cache_hit == expect.cache_hit
         assert not usage.estimated
-
-
-def assert_row_consistent(row: dict[str, Any]) -> None:
-    """A row's totals agree with its parts, and its money columns with each other."""
-    for name in COUNT_FIELDS:
-        assert 0 <= row[name] <= MAX_TOKENS
-    assert row["total_tokens"] == row["input_tokens"] + row["output_tokens"]
-    parts = row["cache_read_tokens"] + row["cache_write_tokens"] + row["cache_write_1h_tokens"]
-    assert parts + row["input_audio_tokens"] <= row["input_tokens"]
-    assert row["reasoning_tokens"] + row["output_audio_tokens"] <= row["output_tokens"]
-    if row["cost_usd"] is not None:
-        total = Decimal(row["cost_usd"])
-        assert total >= 0
-        if row["cost_pusd"] is not None:
-            assert total * 10**12 == row["cost_pusd"]
-        columns = ("input", "cache_read", "cache_write", "output", "reasoning", "audio")
-        assert sum(Decimal(row[f"cost_{c}"]) for c in columns) == total
 
 
 def counters() -> tuple[int, int]:

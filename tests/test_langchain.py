@@ -42,6 +42,7 @@ from modelforge.integrations.langchain import read_llm_result
 from modelforge.langchain import UsageCallbackHandler
 from modelforge.usage import MAX_TOKENS, Usage, from_langchain
 from modelforge.wire import Reply, WireServer
+from row_checks import assert_anthropic_cache_costs, assert_row_consistent
 
 # The anthropic SDK warns on every call naming a model past its announced end-of-life date.
 pytestmark = pytest.mark.filterwarnings("ignore:The model .* is deprecated:DeprecationWarning")
@@ -83,19 +84,6 @@ def _cb(handler: Any, **extra: Any) -> RunnableConfig:
     return cast(RunnableConfig, {"callbacks": [handler], **extra})
 
 
-def _consistent(row: dict[str, Any]) -> None:
-    """A row's totals agree with its parts, and its two money columns with each other."""
-    assert row["total_tokens"] == row["input_tokens"] + row["output_tokens"]
-    parts = row["cache_read_tokens"] + row["cache_write_tokens"] + row["cache_write_1h_tokens"]
-    assert parts + row["input_audio_tokens"] <= row["input_tokens"]
-    assert row["reasoning_tokens"] + row["output_audio_tokens"] <= row["output_tokens"]
-    if row["cost_usd"] is not None:
-        total = Decimal(row["cost_usd"])
-        assert total * 10**12 == row["cost_pusd"]
-        columns = ("input", "cache_read", "cache_write", "output", "reasoning", "audio")
-        assert sum(Decimal(row[f"cost_{c}"]) for c in columns) == total
-
-
 # --- OpenAI --------------------------------------------------------------------------
 
 
@@ -123,7 +111,7 @@ def test_openai_cached_prompt_tokens_are_priced_at_the_cache_rate(
     assert row["cost_pusd"] == 400_000_000
     assert (row["priced"], row["estimated"], row["status"]) == (1, 0, "ok")
     assert (row["provider"], row["framework"], row["operation"]) == ("openai", "langchain", "chat")
-    _consistent(row)
+    assert_row_consistent(row)
 
 
 def test_openai_reasoning_tokens_are_part_of_output(wire: WireServer, db_path: Path) -> None:
@@ -147,7 +135,7 @@ def test_openai_reasoning_tokens_are_part_of_output(wire: WireServer, db_path: P
     assert row["cost_reasoning"] == "0.00128"
     assert row["cost_usd"] == "0.0017625"
     assert row["cost_pusd"] == 1_762_500_000
-    _consistent(row)
+    assert_row_consistent(row)
 
 
 def test_served_model_is_kept_beside_the_requested_one(wire: WireServer, db_path: Path) -> None:
@@ -198,7 +186,7 @@ def test_openai_stream_without_usage_is_estimated_never_zero(
     # 8 * 2.5 + 9 * 10 = 110 per 1M
     assert row["cost_usd"] == "0.00011"
     assert row["ttft_ms"] is not None
-    _consistent(row)
+    assert_row_consistent(row)
 
 
 def test_n_2_counts_usage_once(wire: WireServer, db_path: Path) -> None:
@@ -304,20 +292,7 @@ ANTHROPIC_CACHE_USAGE = {
 
 def _assert_anthropic_cache_row(row: dict[str, Any]) -> None:
     assert row["model"] == row["response_model"] == CLAUDE
-    assert row["provider"] == "anthropic"
-    # Anthropic's input_tokens excludes the cache: 10 + 200 read + 300 written = 510.
-    assert row["input_tokens"] == 510
-    assert (row["cache_read_tokens"], row["cache_write_tokens"]) == (200, 100)
-    assert (row["cache_write_1h_tokens"], row["output_tokens"]) == (200, 7)
-    # input 10 * 3 = 30; read 200 * 0.3 = 60; 5m write 100 * 3.75 = 375;
-    # 1h write 200 * 6 = 1200; output 7 * 15 = 105 -> 1770 per 1M
-    assert row["cost_input"] == "0.00003"
-    assert row["cost_cache_read"] == "0.00006"
-    assert row["cost_cache_write"] == "0.001575"
-    assert row["cost_output"] == "0.000105"
-    assert row["cost_usd"] == "0.00177"
-    assert row["cost_pusd"] == 1_770_000_000
-    _consistent(row)
+    assert_anthropic_cache_costs(row)
 
 
 def test_anthropic_cache_writes_and_reads(wire: WireServer, db_path: Path) -> None:
@@ -656,7 +631,7 @@ def test_handler_errors_never_reach_the_caller(db_path: Path) -> None:
     rows = {r["run_id"]: r for r in _rows(db_path)}
     assert set(rows) == {str(unreadable), str(odd), str(stranger)}
     for row in rows.values():
-        _consistent(row)
+        assert_row_consistent(row)
 
     first = rows[str(unreadable)]
     assert (first["estimated"], first["estimate_method"]) == (1, "tiktoken:o200k_base")

@@ -62,6 +62,7 @@ from modelforge.llamaindex import (
     uninstrument,
 )
 from modelforge.wire import Reply, WireServer
+from row_checks import assert_anthropic_cache_costs, assert_row_consistent
 
 # The anthropic SDK warns on every call naming a model past its announced end-of-life date.
 pytestmark = pytest.mark.filterwarnings("ignore:The model .* is deprecated:DeprecationWarning")
@@ -130,19 +131,6 @@ def _one_row(path: Path) -> dict[str, Any]:
     return row
 
 
-def _consistent(row: dict[str, Any]) -> None:
-    """A row's totals agree with its parts, and its two money columns with each other."""
-    assert row["total_tokens"] == row["input_tokens"] + row["output_tokens"]
-    parts = row["cache_read_tokens"] + row["cache_write_tokens"] + row["cache_write_1h_tokens"]
-    assert parts + row["input_audio_tokens"] <= row["input_tokens"]
-    assert row["reasoning_tokens"] + row["output_audio_tokens"] <= row["output_tokens"]
-    if row["cost_usd"] is not None:
-        total = Decimal(row["cost_usd"])
-        assert total * 10**12 == row["cost_pusd"]
-        columns = ("input", "cache_read", "cache_write", "output", "reasoning", "audio")
-        assert sum(Decimal(row[f"cost_{c}"]) for c in columns) == total
-
-
 # --- OpenAI --------------------------------------------------------------------------
 
 
@@ -170,7 +158,7 @@ def test_openai_chat_records_reported_usage(wire: WireServer, db_path: Path) -> 
     assert row["parent_run_id"] is None
     assert row["latency_ms"] > 0
     assert row["ttft_ms"] is None
-    _consistent(row)
+    assert_row_consistent(row)
 
 
 def test_openai_complete_is_a_completion_record(wire: WireServer, db_path: Path) -> None:
@@ -179,7 +167,7 @@ def test_openai_complete_is_a_completion_record(wire: WireServer, db_path: Path)
     row = _one_row(db_path)
     assert (row["operation"], row["input_tokens"], row["output_tokens"]) == ("completion", 5, 6)
     assert row["cost_usd"] == HI_COST
-    _consistent(row)
+    assert_row_consistent(row)
 
 
 def test_served_model_is_kept_beside_the_requested_one(wire: WireServer, db_path: Path) -> None:
@@ -201,7 +189,7 @@ def test_openai_stream_with_include_usage(wire: WireServer, db_path: Path) -> No
     assert row["cost_usd"] == HI_COST
     assert row["estimate_method"] is None
     assert 0 < row["ttft_ms"] <= row["latency_ms"]
-    _consistent(row)
+    assert_row_consistent(row)
 
 
 def test_openai_stream_without_usage_is_estimated_never_zero(
@@ -218,7 +206,7 @@ def test_openai_stream_without_usage_is_estimated_never_zero(
     assert (row["input_tokens"], row["output_tokens"]) == (8, 9)
     assert row["cost_usd"] == "0.00011"
     assert row["status"] == "ok"
-    _consistent(row)
+    assert_row_consistent(row)
 
 
 def test_a_stream_is_recorded_when_it_ends_not_before(wire: WireServer, db_path: Path) -> None:
@@ -331,7 +319,7 @@ def test_openai_responses_api_chat_and_stream(wire: WireServer, db_path: Path) -
         # (300 - 128) * 2.5 = 430; 128 * 1.25 = 160; 50 * 10 = 500 -> 1090 per 1M
         assert row["cost_usd"] == "0.00109"
         assert (row["provider"], row["response_model"]) == ("openai", "gpt-4o")
-        _consistent(row)
+        assert_row_consistent(row)
     assert streamed["ttft_ms"] is not None
 
 
@@ -340,21 +328,8 @@ def test_openai_responses_api_chat_and_stream(wire: WireServer, db_path: Path) -
 
 def _assert_anthropic_cache_row(row: dict[str, Any]) -> None:
     assert row["model"] == CLAUDE
-    assert row["provider"] == "anthropic"
-    # Anthropic's input_tokens excludes the cache: 10 + 200 read + 300 written = 510.
-    assert row["input_tokens"] == 510
-    assert (row["cache_read_tokens"], row["cache_write_tokens"]) == (200, 100)
-    assert (row["cache_write_1h_tokens"], row["output_tokens"]) == (200, 7)
-    # input 10 * 3 = 30; read 200 * 0.3 = 60; 5m write 100 * 3.75 = 375;
-    # 1h write 200 * 6 = 1200; output 7 * 15 = 105 -> 1770 per 1M
-    assert row["cost_input"] == "0.00003"
-    assert row["cost_cache_read"] == "0.00006"
-    assert row["cost_cache_write"] == "0.001575"
-    assert row["cost_output"] == "0.000105"
-    assert row["cost_usd"] == "0.00177"
-    assert row["cost_pusd"] == 1_770_000_000
     assert (row["estimated"], row["status"], row["anomalies"]) == (0, "ok", None)
-    _consistent(row)
+    assert_anthropic_cache_costs(row)
 
 
 def test_anthropic_cache_reads_and_5m_and_1h_writes(wire: WireServer, db_path: Path) -> None:
@@ -526,7 +501,7 @@ def test_malformed_raw_never_raises_and_still_records(db_path: Path) -> None:
     rows = _rows(db_path)
     assert len(rows) == len(odd_raws)
     for row in rows:
-        _consistent(row)
+        assert_row_consistent(row)
         assert row["status"] == "ok"
         assert row["input_tokens"] > 0
     nested = rows[7]
@@ -638,7 +613,7 @@ def test_openai_embeddings_are_estimated_and_priced(wire: WireServer, db_path: P
         assert (row["operation"], row["provider"]) == ("embedding", "openai")
         assert (row["model"], row["estimated"]) == ("text-embedding-3-small", 1)
         assert row["estimate_method"] == "tiktoken:cl100k_base"
-        _consistent(row)
+        assert_row_consistent(row)
     # cl100k: "alpha beta gamma" 3 + "delta" 1 = 4; 4 * 0.02 = 0.08 per 1M
     assert (batch["input_tokens"], batch["cost_usd"]) == (4, "0.00000008")
     # 3 * 0.02 = 0.06 per 1M
