@@ -134,7 +134,7 @@ def _log_settings() -> tuple[bool, Path]:
     global _settings_memo
     env = _settings_env()
     memo = _settings_memo
-    if memo is not None and memo.env == env and memo.generation == config._generation:
+    if memo is not None and memo.env == env and memo.generation == config.generation():
         now = time.monotonic()
         if now - memo.checked < CONFIG_RECHECK:
             return memo.answer
