@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import sqlite3
@@ -414,6 +415,19 @@ def test_chunks_shrink_to_the_sqlite_parameter_limit(tmp_path: Path) -> None:
         len(rows),
         len(rows),
     )
+
+
+@pytest.mark.parametrize("largest", [256, 23, 1])
+def test_a_batch_takes_few_statements_whatever_its_size(largest: int) -> None:
+    for count in range(0, 3 * largest + 300):
+        chunks = list(store._chunks(count, largest))
+        assert [start for start, _ in chunks] == list(
+            itertools.accumulate((size for _, size in chunks[:-1]), initial=0)
+        )[: len(chunks)]
+        assert sum(size for _, size in chunks) == count
+        full, rest = divmod(count, largest)
+        assert len(chunks) == full + rest.bit_count()  # at most log2(largest) more
+        assert {size for _, size in chunks} <= {largest} | {2**k for k in range(9)}
 
 
 def test_utc_now_is_format_ts_of_the_current_time() -> None:

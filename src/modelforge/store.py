@@ -127,9 +127,10 @@ _INSERT = (
     f"INSERT OR IGNORE INTO calls ({', '.join(COLUMNS)}) "
     f"VALUES ({', '.join(_param(c) for c in COLUMNS)})"
 )
-# Rows per INSERT statement. sqlite3's executemany lets go of the GIL around every row's
-# step, and a thread that wants it back waits for the switch interval (5 ms) while the
-# caller's thread runs: a chunk of rows per statement takes the GIL back once per chunk.
+# Rows per INSERT statement. sqlite3 lets go of the GIL around every statement's step,
+# and while a CPU-bound caller runs, taking it back waits for the switch interval (5 ms):
+# so rows go many to a statement, and a batch's remainder goes in power-of-two chunks
+# rather than through executemany, which steps (and waits) once per row.
 CHUNK_ROWS = 256
 _PICO = Decimal(10) ** 12
 _INT64 = 2**63
@@ -342,14 +343,10 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> in
     try:
         last_id = conn.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()[0]
         rows = list(rows)
-        per_statement = _rows_per_statement(conn)
-        whole = len(rows) - len(rows) % per_statement if per_statement > 1 else 0
         inserted = 0
-        for start in range(0, whole, per_statement):
-            chunk = chain.from_iterable(rows[start : start + per_statement])
-            inserted += conn.execute(_insert_chunk(per_statement), tuple(chunk)).rowcount
-        if whole < len(rows):
-            inserted += conn.executemany(_INSERT, rows[whole:]).rowcount
+        for start, size in _chunks(len(rows), _rows_per_statement(conn)):
+            chunk = chain.from_iterable(rows[start : start + size])
+            inserted += conn.execute(_insert_chunk(size), tuple(chunk)).rowcount
         if inserted:
             conn.execute(_ROLLUP_BATCH, (last_id,))
         conn.execute("COMMIT")
@@ -371,7 +368,22 @@ def _rows_per_statement(conn: sqlite3.Connection) -> int:
     return min(CHUNK_ROWS, limit // len(COLUMNS))
 
 
-@functools.lru_cache(maxsize=4)
+def _chunks(count: int, largest: int) -> Iterator[tuple[int, int]]:
+    """(start, size) of statements covering `count` rows: full chunks of `largest`, then
+    the rest in powers of two, so a few statement texts serve every batch size."""
+    start = 0
+    while count - start >= largest:
+        yield start, largest
+        start += largest
+    size = 1 << max(largest.bit_length() - 1, 0)
+    while start < count:
+        while size > count - start:
+            size >>= 1
+        yield start, size
+        start += size
+
+
+@functools.lru_cache(maxsize=16)
 def _insert_chunk(rows: int) -> str:
     """`_INSERT` with `rows` rows of values."""
     values = _INSERT.partition(" VALUES ")[2]
