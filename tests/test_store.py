@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import os
 import sqlite3
@@ -418,16 +417,66 @@ def test_chunks_shrink_to_the_sqlite_parameter_limit(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("largest", [256, 23, 1])
-def test_a_batch_takes_few_statements_whatever_its_size(largest: int) -> None:
+def test_a_batch_takes_one_statement_per_full_chunk_and_one_for_the_rest(largest: int) -> None:
     for count in range(0, 3 * largest + 300):
         chunks = list(store._chunks(count, largest))
-        assert [start for start, _ in chunks] == list(
-            itertools.accumulate((size for _, size in chunks[:-1]), initial=0)
-        )[: len(chunks)]
-        assert sum(size for _, size in chunks) == count
-        full, rest = divmod(count, largest)
-        assert len(chunks) == full + rest.bit_count()  # at most log2(largest) more
-        assert {size for _, size in chunks} <= {largest} | {2**k for k in range(9)}
+        starts = [start for start, _, _ in chunks]
+        assert starts == [sum(rows for _, rows, _ in chunks[:i]) for i in range(len(chunks))]
+        assert sum(rows for _, rows, _ in chunks) == count
+        assert len(chunks) == -(-count // largest)
+        for _, rows, statement_rows in chunks:
+            assert rows <= statement_rows <= min(2 * rows, largest)
+            assert statement_rows == largest or statement_rows.bit_count() == 1
+
+
+def test_padded_statements_add_no_row_and_roll_up_only_new_ones(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "usage.db")
+    first = [store.record_row(_record(f"r{i}", cache_read_tokens=i)) for i in range(37)]
+    assert store.insert_rows(conn, first) == 37  # one statement of 64 rows
+    again = [store.record_row(_record(f"r{i}")) for i in range(30, 40)]  # 7 already in
+    assert store.insert_rows(conn, again) == 3
+    assert conn.execute("SELECT count(*), min(id), max(id) FROM calls").fetchone() == (40, 1, 40)
+    # r0..r39 each once, 1,000 input tokens each; cache reads 0..36 from the first batch.
+    rollup = "SELECT sum(calls), sum(input_tokens), sum(cache_read_tokens) FROM calls_hourly"
+    assert conn.execute(rollup).fetchone() == (40, 40 * 1000, sum(range(37)))
+
+
+def test_an_unexpected_writer_error_keeps_the_rows_and_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "usage.db"
+    log = UsageLog(path)
+    real_insert = store.insert_rows
+    failures = []
+
+    def insert_failing_once(conn: sqlite3.Connection, rows: Any) -> int:
+        if not failures:
+            failures.append(len(rows))
+            raise RuntimeError("injected")
+        return real_insert(conn, rows)
+
+    monkeypatch.setattr(store, "insert_rows", insert_failing_once)
+    log.submit(_record("r1"))
+    assert not log.flush(timeout=5)  # the row is still pending
+    assert (log.stats().errors, log.stats().pending, failures) == (1, 1, [1])
+    log.submit(_record("r2"))
+    assert log.flush(timeout=5)
+    assert _query(path, "SELECT run_id FROM calls ORDER BY id") == [("r1",), ("r2",)]
+
+
+def test_a_log_without_its_unique_run_id_index_is_not_written(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    conn = open_db(path)
+    store.insert_rows(conn, [store.record_row(_record("r1"))])
+    index = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '%UNIQUE%run_id%'"
+    ).fetchone()[0]
+    conn.execute(f"DROP INDEX [{index}]")
+    conn.close()
+    with pytest.raises(UsageLogError, match=r"unique index on calls\.run_id"):
+        open_db(path)
+    reader = open_db(path, create=False)  # reports still read it
+    assert reader.execute("SELECT count(*) FROM calls").fetchone() == (1,)
 
 
 def test_utc_now_is_format_ts_of_the_current_time() -> None:

@@ -127,10 +127,10 @@ _INSERT = (
     f"INSERT OR IGNORE INTO calls ({', '.join(COLUMNS)}) "
     f"VALUES ({', '.join(_param(c) for c in COLUMNS)})"
 )
-# Rows per INSERT statement. sqlite3 lets go of the GIL around every statement's step,
-# and while a CPU-bound caller runs, taking it back waits for the switch interval (5 ms):
-# so rows go many to a statement, and a batch's remainder goes in power-of-two chunks
-# rather than through executemany, which steps (and waits) once per row.
+# Rows per INSERT statement. sqlite3 lets go of the GIL around every statement, and
+# while a CPU-bound caller runs, taking it back waits for the switch interval (5 ms).
+# So a batch takes as few statements as it can: full chunks, then the rest in one
+# statement (executemany would step, and wait, once per row).
 CHUNK_ROWS = 256
 _PICO = Decimal(10) ** 12
 _INT64 = 2**63
@@ -282,6 +282,8 @@ def open_db(path: Path | str, *, create: bool = True) -> sqlite3.Connection:
         if (create or "calls" in tables) and _needs_migration(conn, tables):
             _migrate(conn, path)
         _check_schema(conn, path)
+        if create:
+            _check_unique_run_id(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
         if "not a database" in str(exc) or "malformed" in str(exc):
@@ -341,14 +343,20 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> in
     rollup, in one transaction. Returns how many rows were new."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        last_id = conn.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()[0]
         rows = list(rows)
-        inserted = 0
-        for start, size in _chunks(len(rows), _rows_per_statement(conn)):
-            chunk = chain.from_iterable(rows[start : start + size])
-            inserted += conn.execute(_insert_chunk(size), tuple(chunk)).rowcount
+        inserted = last_new_id = 0
+        for start, size, statement_rows in _chunks(len(rows), _rows_per_statement(conn)):
+            chunk = rows[start : start + size]
+            # Padding repeats the chunk's last row: the unique run_id index ignores it.
+            chunk.extend([chunk[-1]] * (statement_rows - size))
+            cursor = conn.execute(_insert_chunk(statement_rows), tuple(chain.from_iterable(chunk)))
+            if cursor.rowcount > 0:
+                inserted += cursor.rowcount
+                last_new_id = cursor.lastrowid or 0
         if inserted:
-            conn.execute(_ROLLUP_BATCH, (last_id,))
+            # The write lock is ours and ids count up from the largest, so the new rows
+            # are exactly the `inserted` ids ending at the last one.
+            conn.execute(_ROLLUP_BATCH, (last_new_id - inserted,))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -368,19 +376,17 @@ def _rows_per_statement(conn: sqlite3.Connection) -> int:
     return min(CHUNK_ROWS, limit // len(COLUMNS))
 
 
-def _chunks(count: int, largest: int) -> Iterator[tuple[int, int]]:
-    """(start, size) of statements covering `count` rows: full chunks of `largest`, then
-    the rest in powers of two, so a few statement texts serve every batch size."""
+def _chunks(count: int, largest: int) -> Iterator[tuple[int, int, int]]:
+    """(start, rows, statement rows) of the INSERTs for `count` rows: full chunks of
+    `largest`, then one statement for the rest, padded up to a power of two (or to
+    `largest`), so a few statement texts serve every batch size."""
     start = 0
     while count - start >= largest:
-        yield start, largest
+        yield start, largest, largest
         start += largest
-    size = 1 << max(largest.bit_length() - 1, 0)
-    while start < count:
-        while size > count - start:
-            size >>= 1
-        yield start, size
-        start += size
+    rest = count - start
+    if rest:
+        yield start, rest, min(1 << (rest - 1).bit_length(), largest)
 
 
 @functools.lru_cache(maxsize=16)
@@ -448,6 +454,18 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
         raise UsageLogError(
             f"{path} is not a model-forge usage log (missing columns: {', '.join(sorted(missing))})"
         )
+
+
+def _check_unique_run_id(conn: sqlite3.Connection, path: Path) -> None:
+    """Writers rely on the unique run_id index: it keeps a call from counting twice."""
+    for _, name, unique, *_ in conn.execute("PRAGMA index_list(calls)"):
+        columns = [row[0] for row in conn.execute("SELECT name FROM pragma_index_info(?)", (name,))]
+        if unique and columns == ["run_id"]:
+            return
+    raise UsageLogError(
+        f"{path} has lost the unique index on calls.run_id, which keeps a call from being "
+        "counted twice; restore it with: CREATE UNIQUE INDEX idx_calls_run_id ON calls (run_id)"
+    )
 
 
 def apply_retention(conn: sqlite3.Connection) -> int:
@@ -583,7 +601,12 @@ class UsageLog:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
-            self._write(records)
+            try:
+                self._write(records)
+            except Exception as exc:  # a bug here must not end the writer: rows stay pending
+                self.errors += 1
+                config.warn_once(f"writer:{type(exc).__name__}", f"usage log writer: {exc!r}")
+                self._drop_overflow()
             if self._queue.qsize() < MAX_QUEUED // 2:
                 self._room.set()
             for marker in markers:
@@ -626,11 +649,15 @@ class UsageLog:
                     exc,
                     self.max_pending,
                 )
-            overflow = len(rows) - self.max_pending
-            if overflow > 0:
-                for _ in range(overflow):
-                    rows.popleft()
-                self.dropped += overflow
+            self._drop_overflow()
+
+    def _drop_overflow(self) -> None:
+        """Drop (and count) the oldest pending rows beyond `max_pending`."""
+        overflow = len(self._pending) - self.max_pending
+        if overflow > 0:
+            for _ in range(overflow):
+                self._pending.popleft()
+            self.dropped += overflow
 
     def _insert_one_by_one(self, rows: deque[tuple[Any, ...]]) -> int:
         """A batch that SQLite refused for its data: write row by row, dropping (and
