@@ -69,20 +69,10 @@ from modelforge.usage import (
     from_openai_chat,
     from_openai_responses,
 )
-from row_checks import assert_row_consistent
+from row_checks import COUNT_COLUMNS, assert_row_consistent
 
 SLOW = os.environ.get("MODELFORGE_SLOW_TESTS") == "1"
 
-COUNT_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "input_audio_tokens",
-    "reasoning_tokens",
-    "output_audio_tokens",
-)
 INPUT_PARTS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens")
 ANTHROPIC_NOTE = "anthropic usage has no cache counts; cache tokens unknown"
 ANTHROPIC_CACHE_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
@@ -436,7 +426,7 @@ class Reader:
 
     def __init__(self) -> None:
         self.odd = False
-        self.counts = dict.fromkeys(COUNT_FIELDS, 0)
+        self.counts = dict.fromkeys(COUNT_COLUMNS, 0)
 
     def __call__(self, value: Any) -> int:
         if value is None:
@@ -654,12 +644,12 @@ EXTRACTORS: tuple[tuple[str, Callable[..., Usage], Callable[[Any], Expect], bool
 
 
 def counts_of(usage: Usage) -> dict[str, int]:
-    return {name: getattr(usage, name) for name in COUNT_FIELDS}
+    return {name: getattr(usage, name) for name in COUNT_COLUMNS}
 
 
 def assert_consistent(usage: Usage) -> None:
     assert isinstance(usage, Usage)
-    for name in COUNT_FIELDS:
+    for name in COUNT_COLUMNS:
         value = getattr(usage, name)
         assert type(value) is int and 0 <= value <= MAX_TOKENS, (name, value)
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
@@ -1143,7 +1133,7 @@ def check_persisted(lc_case: LangChainCase, li_case: LlamaIndexCase, db_path: Pa
     for row in rows:
         assert_row_consistent(row)
         usage = records[row["run_id"]].usage
-        assert {name: row[name] for name in COUNT_FIELDS} == counts_of(usage)
+        assert {name: row[name] for name in COUNT_COLUMNS} == counts_of(usage)
         assert row["total_tokens"] == usage.total_tokens
         anomalies = json.loads(row["anomalies"]) if row["anomalies"] else []
         assert anomalies == list(usage.anomalies)

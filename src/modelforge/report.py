@@ -16,6 +16,7 @@ from typing import Any
 
 from modelforge.errors import ModelForgeError
 from modelforge.records import format_ts
+from modelforge.schema import ROLLUP_SUMS
 
 REPORT_SCHEMA = "modelforge.usage/1"
 
@@ -202,25 +203,15 @@ _RAW_SUMS = """
     coalesce(sum(reasoning_tokens), 0), coalesce(sum(cost_pusd), 0), coalesce(sum(priced = 0), 0),
     coalesce(sum(estimated), 0), coalesce(sum(status = 'error'), 0)
 """
-_ROLLUP_SUMS = """
-    sum(calls), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
-    sum(output_tokens), sum(reasoning_tokens), sum(cost_pusd),
-    sum(CASE WHEN priced = 0 THEN calls ELSE 0 END),
-    sum(CASE WHEN estimated = 1 THEN calls ELSE 0 END),
-    sum(CASE WHEN status = 'error' THEN calls ELSE 0 END)
-"""
-_SUM_NAMES = (
-    "calls",
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "cost_pusd",
-    "unpriced_calls",
-    "estimated_calls",
-    "error_calls",
+_ROLLUP_SUMS = ", ".join(
+    [
+        *(f"sum({name})" for name in ROLLUP_SUMS),
+        "sum(CASE WHEN priced = 0 THEN calls ELSE 0 END)",
+        "sum(CASE WHEN estimated = 1 THEN calls ELSE 0 END)",
+        "sum(CASE WHEN status = 'error' THEN calls ELSE 0 END)",
+    ]
 )
+_SUM_NAMES = (*ROLLUP_SUMS, "unpriced_calls", "estimated_calls", "error_calls")
 # Groupings the hourly rollup can answer, as expressions over `calls_hourly`.
 ROLLUP_GROUPS = {
     "hour": "hour || ':00'",
