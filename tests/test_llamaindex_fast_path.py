@@ -67,7 +67,7 @@ counts = st.integers(min_value=0, max_value=MAX_TOKENS)
     parts=st.lists(st.integers(min_value=0, max_value=1000), min_size=5, max_size=5),
     tier=st.sampled_from([None, "flex", "priority"]),
 )
-def testchecked_usage_is_what_validation_builds(
+def test_checked_usage_is_what_validation_builds(
     inp: int, out: int, parts: list[int], tier: str | None
 ) -> None:
     read, write, audio_in, reasoning, audio_out = parts
