@@ -33,7 +33,7 @@ import modelforge
 from modelforge.langchain import UsageCallbackHandler
 from modelforge.pricing.cost import price
 from modelforge.records import CallRecord
-from modelforge.store import COLUMNS, NULL_AS_MINUS_ONE, UsageLog, record_row
+from modelforge.store import COLUMNS, NULL, NULLABLE, UsageLog, record_row
 from modelforge.usage import Usage
 
 USAGE = Usage(input_tokens=1200, cache_read_tokens=1000, output_tokens=300, reasoning_tokens=100)
@@ -115,7 +115,7 @@ def ingest_peer(n: int) -> float:
     """The peer: sqlite-utils inserting one dict per record, the obvious way."""
     db = sqlite_utils.Database(Path(_home) / "peer.db")
     rows = [
-        {c: None if v == "" or (c in NULL_AS_MINUS_ONE and v == -1) else v
+        {c: None if c in NULLABLE and v == NULL else v
          for c, v in zip(COLUMNS, record_row(r), strict=True)}
         for r in _records(n)
     ]  # fmt: skip

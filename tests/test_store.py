@@ -348,6 +348,8 @@ def test_rows_in_chunks_equal_rows_one_at_a_time_and_keep_nulls(tmp_path: Path) 
         if i % 3 == 0:
             record.agent, record.latency_ms, record.ttft_ms = "planner", 12.5, 0.0
             record.tags, record.attrs = ("a", "b"), {"user_id": "u"}
+        if i == 5:  # text that reads like the NULL marker is still text
+            record.agent, record.run_name, record.parent_run_id = str(store.NULL), "-1.0", "0"
         records.append(record)
     rows = [store.record_row(r) for r in records]
     chunked, single = open_db(tmp_path / "chunked.db"), open_db(tmp_path / "single.db")
@@ -358,7 +360,7 @@ def test_rows_in_chunks_equal_rows_one_at_a_time_and_keep_nulls(tmp_path: Path) 
     everything = "SELECT * FROM calls ORDER BY id"
     assert chunked.execute(everything).fetchall() == single.execute(everything).fetchall()
 
-    # NULL travels as '' or -1 to the INSERT, which must turn it back into NULL.
+    # NULL travels as store.NULL to the INSERT, which must turn it back into NULL.
     nullable = (
         "parent_run_id, trace_id, response_model, agent, run_name, tags, attrs, anomalies, "
         "error_type, service_tier, estimate_method, price_flags, latency_ms, ttft_ms"
@@ -376,6 +378,10 @@ def test_rows_in_chunks_equal_rows_one_at_a_time_and_keep_nulls(tmp_path: Path) 
         "WHERE run_id = 'r3'"
     ).fetchone()
     assert timed == ("planner", 12.5, 0.0, '["a", "b"]', '{"user_id": "u"}', "0")
+    marker_like = chunked.execute(
+        "SELECT agent, run_name, parent_run_id FROM calls WHERE run_id = 'r5'"
+    ).fetchone()
+    assert marker_like == ("-1", "-1.0", "0")
 
 
 def test_a_cost_past_64_bits_keeps_its_exact_text(tmp_path: Path) -> None:
