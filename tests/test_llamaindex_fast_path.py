@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse
 from llama_index.core.instrumentation.events import BaseEvent
@@ -112,6 +112,9 @@ maybe_count = st.one_of(st.none(), st.integers(min_value=0, max_value=5000), unc
     reasoning=maybe_count,
     tier=st.one_of(st.none(), st.sampled_from(["default", "Flex", "", "priority"]), st.just(3)),
 )
+# Found by this test: an empty service_tier sent a clean payload to the slow builder.
+@example(None, None, None, None, None, None, "")
+@example(1200, 300, 1000, 0, 0, 100, "")
 def test_plain_openai_chat_is_the_builder_for_clean_payloads(
     prompt: Any,
     completion: Any,

@@ -368,10 +368,12 @@ def plain_openai_chat(fields: Mapping[str, Any], service_tier: Any) -> Usage | N
     ):
         return None
     tier = None
-    if isinstance(service_tier, str) and service_tier:
-        tier = service_tier.lower()
-        if tier in STANDARD_SERVICE_TIERS:
-            tier = None
+    if isinstance(service_tier, str):
+        # "" is no tier, as in the builder.
+        if service_tier:
+            tier = service_tier.lower()
+            if tier in STANDARD_SERVICE_TIERS:
+                tier = None
     elif service_tier is not None:
         return None
     return checked_usage(inp, out, read, write, audio_in, reasoning, audio_out, tier)
