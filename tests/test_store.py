@@ -431,14 +431,14 @@ def test_a_batch_takes_one_statement_per_full_chunk_and_one_for_the_rest(largest
         assert sum(rows for _, rows, _ in chunks) == count
         assert len(chunks) == -(-count // largest)
         for _, rows, statement_rows in chunks:
-            assert rows <= statement_rows <= min(rows + store.PAD_ROWS - 1, largest)
-            assert statement_rows == largest or statement_rows % store.PAD_ROWS == 0
+            assert rows <= statement_rows <= min(2 * rows, largest)
+            assert statement_rows == largest or statement_rows.bit_count() == 1
 
 
 def test_padded_statements_add_no_row_and_roll_up_only_new_ones(tmp_path: Path) -> None:
     conn = open_db(tmp_path / "usage.db")
     first = [store.record_row(_record(f"r{i}", cache_read_tokens=i)) for i in range(37)]
-    assert store.insert_rows(conn, first) == 37  # one statement of 48 rows
+    assert store.insert_rows(conn, first) == 37  # one statement of 64 rows
     again = [store.record_row(_record(f"r{i}")) for i in range(30, 40)]  # 7 already in
     assert store.insert_rows(conn, again) == 3
     assert conn.execute("SELECT count(*), min(id), max(id) FROM calls").fetchone() == (40, 1, 40)

@@ -132,10 +132,6 @@ _INSERT = (
 # So a batch takes as few statements as it can: full chunks, then the rest in one
 # statement (executemany would step, and wait, once per row).
 CHUNK_ROWS = 256
-# The last statement of a batch is padded up to a multiple of this many rows: binding a
-# padded row costs as much as binding a real one. Finer steps mean more statement texts
-# for SQLite to prepare, once each per connection.
-PAD_ROWS = 16
 _PICO = Decimal(10) ** 12
 _INT64 = 2**63
 # Errors that say a row's data is wrong, not that the file is unusable.
@@ -382,18 +378,18 @@ def _rows_per_statement(conn: sqlite3.Connection) -> int:
 
 def _chunks(count: int, largest: int) -> Iterator[tuple[int, int, int]]:
     """(start, rows, statement rows) of the INSERTs for `count` rows: full chunks of
-    `largest`, then one statement for the rest, padded up to a multiple of `PAD_ROWS`
-    (or to `largest`), so a few statement texts serve every batch size."""
+    `largest`, then one statement for the rest, padded up to a power of two (or to
+    `largest`), so a few statement texts serve every batch size."""
     start = 0
     while count - start >= largest:
         yield start, largest, largest
         start += largest
     rest = count - start
     if rest:
-        yield start, rest, min(-(-rest // PAD_ROWS) * PAD_ROWS, largest)
+        yield start, rest, min(1 << (rest - 1).bit_length(), largest)
 
 
-@functools.lru_cache(maxsize=CHUNK_ROWS // PAD_ROWS + 8)
+@functools.lru_cache(maxsize=16)
 def _insert_chunk(rows: int) -> str:
     """`_INSERT` with `rows` rows of values."""
     values = _INSERT.partition(" VALUES ")[2]
