@@ -129,9 +129,11 @@ _INSERT = (
 )
 # Rows per INSERT statement. sqlite3 lets go of the GIL around every statement, and
 # while a CPU-bound caller runs, taking it back waits for the switch interval (5 ms).
-# So a batch takes as few statements as it can: full chunks, then the rest in one
-# statement (executemany would step, and wait, once per row).
-CHUNK_ROWS = 256
+# So a batch takes few statements: full chunks, then the rest in one statement
+# (executemany would step, and wait, once per row). Each statement size stays prepared,
+# and they are large: the sizes up to 256 rows held about 13 MB, those up to 128 about
+# 6.6 MB, and 128-row chunks write as fast.
+CHUNK_ROWS = 128
 _PICO = Decimal(10) ** 12
 _INT64 = 2**63
 # Errors that say a row's data is wrong, not that the file is unusable.
