@@ -114,6 +114,21 @@ def test_run_id_is_unique_and_duplicates_are_counted(tmp_path: Path) -> None:
     assert _query(path, "SELECT run_id FROM calls ORDER BY id") == [("same",), ("different",)]
 
 
+def test_the_log_keeps_a_record_as_it_was_submitted(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    log = UsageLog(path)
+    record = _record("kept", cache_read_tokens=600)
+    record.attrs = {"user_id": "alice"}
+    log.submit(record)
+    # What the caller does with its record afterwards is not what it submitted.
+    record.agent, record.attrs["user_id"] = "later", "bob"
+    record.usage = Usage(input_tokens=1)
+    assert log.flush()
+    log.close()
+    row = _query(path, "SELECT agent, attrs, input_tokens, cache_read_tokens FROM calls")
+    assert row == [(None, '{"user_id": "alice"}', 1000, 600)]
+
+
 def test_flush_and_close_all_write_everything(tmp_path: Path) -> None:
     path = tmp_path / "usage.db"
     log = get_log(path)

@@ -185,35 +185,27 @@ def to_pico(amount: Decimal | None) -> int | None:
     return pico if -_INT64 <= pico < _INT64 else None
 
 
-def record_row(record: CallRecord) -> tuple[Any, ...]:
-    """The parameters of `_INSERT` for a record, in `COLUMNS` order (NULL as `NULL`)."""
+def record_fields(record: CallRecord) -> tuple[Any, ...]:
+    """A record's values, unformatted, as one flat tuple: what `submit` queues.
+
+    Queued records wait up to a batch window, and the collector counts every container
+    alive meanwhile: a CallRecord brings four (itself, its Usage and that model's field
+    set, its Cost), this tuple one. Tags and attributes go in as JSON text (cached per
+    set), so later changes to the record's dict cannot reach the log; the rest of the
+    formatting stays on the writer's side.
+    """
     usage, cost = record.usage, record.cost
-    total = cost.total
-    if cost.priced:
-        parts: tuple[str | int, ...] = (
-            money_text(cost.input) or NULL,
-            money_text(cost.cache_read) or NULL,
-            money_text(cost.cache_write) or NULL,
-            money_text(cost.output) or NULL,
-            money_text(cost.reasoning) or NULL,
-            money_text(cost.audio) or NULL,
-        )
-        pico = to_pico(total)
-    else:
-        parts = _NO_PARTS
-        pico = None
-    latency, ttft = record.latency_ms, record.ttft_ms
     return (
         record.ts,
         record.run_id,
-        record.parent_run_id or NULL,
-        record.trace_id or NULL,
+        record.parent_run_id,
+        record.trace_id,
         record.framework,
         record.operation,
-        record.provider or NULL,
-        record.model or NULL,
-        record.response_model or NULL,
-        cost.catalog_model or NULL,
+        record.provider,
+        record.model,
+        record.response_model,
+        cost.catalog_model,
         usage.input_tokens,
         usage.output_tokens,
         usage.cache_read_tokens,
@@ -223,25 +215,102 @@ def record_row(record: CallRecord) -> tuple[Any, ...]:
         usage.input_audio_tokens,
         usage.output_audio_tokens,
         usage.total_tokens,
+        cost.priced,
+        cost.total,
+        cost.input,
+        cost.cache_read,
+        cost.cache_write,
+        cost.output,
+        cost.reasoning,
+        cost.audio,
+        cost.source,
+        cost.flags,
+        usage.estimated,
+        record.estimate_method,
+        usage.cache_hit,
+        usage.service_tier,
+        record.status,
+        record.error_type,
+        record.latency_ms,
+        record.ttft_ms,
+        record.agent,
+        record.run_name,
+        _tags_json(record.tags) if record.tags else NULL,
+        _attrs_json(tuple(record.attrs.items())) if record.attrs else NULL,
+        usage.anomalies,
+    )
+
+
+def record_row(record: CallRecord) -> tuple[Any, ...]:
+    """The parameters of `_INSERT` for a record, in `COLUMNS` order (NULL as `NULL`)."""
+    return fields_row(record_fields(record))
+
+
+def fields_row(fields: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The parameters of `_INSERT` for a `record_fields` tuple."""
+    (
+        ts, run_id, parent_run_id, trace_id, framework, operation, provider, model,
+        response_model, catalog_model,
+        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+        cache_write_1h_tokens, reasoning_tokens, input_audio_tokens, output_audio_tokens,
+        total_tokens,
+        priced, total, cost_input, cost_cache_read, cost_cache_write, cost_output,
+        cost_reasoning, cost_audio, price_source, price_flags,
+        estimated, estimate_method, cache_hit, service_tier, status, error_type,
+        latency, ttft, agent, run_name, tags, attrs, anomalies,
+    ) = fields  # fmt: skip
+    if priced:
+        parts: tuple[str | int, ...] = (
+            money_text(cost_input) or NULL,
+            money_text(cost_cache_read) or NULL,
+            money_text(cost_cache_write) or NULL,
+            money_text(cost_output) or NULL,
+            money_text(cost_reasoning) or NULL,
+            money_text(cost_audio) or NULL,
+        )
+        pico = to_pico(total)
+    else:
+        parts = _NO_PARTS
+        pico = None
+    return (
+        ts,
+        run_id,
+        parent_run_id or NULL,
+        trace_id or NULL,
+        framework,
+        operation,
+        provider or NULL,
+        model or NULL,
+        response_model or NULL,
+        catalog_model or NULL,
+        input_tokens,
+        output_tokens,
+        cache_read_tokens,
+        cache_write_tokens,
+        cache_write_1h_tokens,
+        reasoning_tokens,
+        input_audio_tokens,
+        output_audio_tokens,
+        total_tokens,
         money_text(total) or NULL,
         NULL if pico is None else pico,
         *parts,
-        int(cost.priced),
-        cost.source or NULL,
-        json.dumps(cost.flags) if cost.flags else NULL,
-        int(usage.estimated),
-        record.estimate_method or NULL,
-        int(usage.cache_hit),
-        usage.service_tier or NULL,
-        record.status,
-        record.error_type or NULL,
+        int(priced),
+        price_source or NULL,
+        json.dumps(price_flags) if price_flags else NULL,
+        int(estimated),
+        estimate_method or NULL,
+        int(cache_hit),
+        service_tier or NULL,
+        status,
+        error_type or NULL,
         NULL if latency is None else latency,
         NULL if ttft is None else ttft,
-        record.agent or NULL,
-        record.run_name or NULL,
-        _tags_json(record.tags) if record.tags else NULL,
-        _attrs_json(tuple(record.attrs.items())) if record.attrs else NULL,
-        json.dumps(usage.anomalies) if usage.anomalies else NULL,
+        agent or NULL,
+        run_name or NULL,
+        tags,
+        attrs,
+        json.dumps(anomalies) if anomalies else NULL,
     )
 
 
@@ -509,7 +578,7 @@ class UsageLog:
     def __init__(self, path: Path | str, *, max_pending: int = MAX_PENDING) -> None:
         self.path = Path(path)
         self.max_pending = max_pending
-        self._queue: queue.SimpleQueue[CallRecord | _Flush] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | _Flush] = queue.SimpleQueue()
         self._pending: deque[tuple[Any, ...]] = deque()
         self._db: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
@@ -530,7 +599,7 @@ class UsageLog:
             self._room.clear()
             self._wake.set()
             self._room.wait(MAX_WAIT)
-        self._queue.put(record)
+        self._queue.put(record_fields(record))
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until everything queued so far is written; False on timeout or failure."""
@@ -585,13 +654,13 @@ class UsageLog:
                 first = self._queue.get(timeout=RETRY_DELAY if self._pending else None)
             except queue.Empty:
                 first = None
-            if isinstance(first, CallRecord) and self._queue.qsize() < BATCH_SIZE:
+            if isinstance(first, tuple) and self._queue.qsize() < BATCH_SIZE:
                 self._wake.wait(BATCH_WINDOW)
             # A marker is queued before its wake-up is set, so clearing here loses none.
             self._wake.clear()
-            records: list[CallRecord] = []
+            records: list[tuple[Any, ...]] = []
             markers: list[_Flush] = []
-            item: CallRecord | _Flush | None = first
+            item: tuple[Any, ...] | _Flush | None = first
             while item is not None:
                 if isinstance(item, _Flush):
                     markers.append(item)
@@ -617,11 +686,11 @@ class UsageLog:
                 self._close_db()
                 return
 
-    def _write(self, records: list[CallRecord]) -> None:
+    def _write(self, records: list[tuple[Any, ...]]) -> None:
         rows = self._pending
-        for record in records:
+        for fields in records:
             try:
-                rows.append(record_row(record))
+                rows.append(fields_row(fields))
             except Exception as exc:  # a record we built wrong must not stop the writer
                 self.errors += 1
                 config.warn_once(f"row:{type(exc).__name__}", f"skipped a bad record: {exc!r}")
