@@ -235,8 +235,8 @@ def record_fields(record: CallRecord) -> tuple[Any, ...]:
         record.ttft_ms,
         record.agent,
         record.run_name,
-        _tags_json(record.tags) if record.tags else NULL,
-        _attrs_json(tuple(record.attrs.items())) if record.attrs else NULL,
+        _tags_json(record.tags) if record.tags else None,
+        _attrs_json(tuple(record.attrs.items())) if record.attrs else None,
         usage.anomalies,
     )
 
@@ -247,7 +247,7 @@ def record_row(record: CallRecord) -> tuple[Any, ...]:
 
 
 def fields_row(fields: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The parameters of `_INSERT` for a `record_fields` tuple."""
+    """The parameters of `_INSERT` for a `record_fields` tuple (None becomes `NULL`)."""
     (
         ts, run_id, parent_run_id, trace_id, framework, operation, provider, model,
         response_model, catalog_model,
@@ -308,8 +308,8 @@ def fields_row(fields: tuple[Any, ...]) -> tuple[Any, ...]:
         NULL if ttft is None else ttft,
         agent or NULL,
         run_name or NULL,
-        tags,
-        attrs,
+        tags or NULL,
+        attrs or NULL,
         json.dumps(anomalies) if anomalies else NULL,
     )
 
