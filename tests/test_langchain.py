@@ -37,6 +37,7 @@ from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, StateGraph
 
 import modelforge
+from encodings_on_disk import needs_encodings
 from modelforge import config, track_usage
 from modelforge.integrations.langchain import read_llm_result
 from modelforge.langchain import UsageCallbackHandler
@@ -170,6 +171,7 @@ def test_openai_stream_with_stream_usage_records_reported_usage_and_ttft(
     assert 0 < row["ttft_ms"] <= row["latency_ms"]
 
 
+@needs_encodings
 def test_openai_stream_without_usage_is_estimated_never_zero(
     wire: WireServer, db_path: Path
 ) -> None:
@@ -420,6 +422,7 @@ def test_handler_inside_track_usage_counts_once(wire: WireServer, db_path: Path)
     assert json.loads(row["attrs"]) == {"project": "alpha"}
 
 
+@needs_encodings
 def test_nested_track_usage_blocks(wire: WireServer, db_path: Path) -> None:
     with track_usage(project="outer-p") as outer:
         with track_usage(team="inner-t") as inner:
@@ -574,6 +577,7 @@ def test_no_prompt_or_response_text_reaches_the_log(wire: WireServer, db_path: P
 # --- robustness ----------------------------------------------------------------------
 
 
+@needs_encodings
 def test_handler_errors_never_reach_the_caller(db_path: Path) -> None:
     before = modelforge.stats()
     handler = UsageCallbackHandler()

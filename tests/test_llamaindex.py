@@ -53,6 +53,7 @@ from llama_index.llms.openai import OpenAI, OpenAIResponses
 from pydantic import Field
 
 import modelforge
+from encodings_on_disk import needs_encodings
 from modelforge import track_usage
 from modelforge.integrations import llamaindex as integration
 from modelforge.llamaindex import (
@@ -192,6 +193,7 @@ def test_openai_stream_with_include_usage(wire: WireServer, db_path: Path) -> No
     assert_row_consistent(row)
 
 
+@needs_encodings
 def test_openai_stream_without_usage_is_estimated_never_zero(
     wire: WireServer, db_path: Path
 ) -> None:
@@ -262,6 +264,7 @@ def test_http_500_is_one_error_record_and_still_raises(wire: WireServer, db_path
     assert row["estimated"] == 0
 
 
+@needs_encodings
 def test_an_aborted_stream_records_what_is_known_as_an_error(
     wire: WireServer, db_path: Path
 ) -> None:
@@ -430,6 +433,7 @@ def test_a_failed_nested_call_is_one_error_record(wire: WireServer, db_path: Pat
 # --- nesting, custom LLMs, malformed responses ----------------------------------------
 
 
+@needs_encodings
 def test_custom_llm_chat_calling_complete_is_recorded_once(db_path: Path) -> None:
     instrument()
     reply = MockLLM(max_tokens=3).chat(HI)
@@ -478,6 +482,7 @@ class Exploding:
         raise RuntimeError(f"no {name} here")
 
 
+@needs_encodings
 def test_malformed_raw_never_raises_and_still_records(db_path: Path) -> None:
     odd_raws: list[Any] = [
         None,
@@ -558,6 +563,7 @@ def test_handler_errors_never_reach_the_caller(
 # --- embeddings and a query engine -----------------------------------------------------
 
 
+@needs_encodings
 def test_query_engine_records_one_llm_call_and_the_embeddings(
     wire: WireServer, db_path: Path
 ) -> None:
@@ -597,6 +603,7 @@ def test_query_engine_records_one_llm_call_and_the_embeddings(
     assert query["trace_id"] == chat["trace_id"]
 
 
+@needs_encodings
 def test_openai_embeddings_are_estimated_and_priced(wire: WireServer, db_path: Path) -> None:
     instrument()
     model = OpenAIEmbedding(
@@ -637,6 +644,7 @@ def test_a_failed_embedding_is_an_error_record(wire: WireServer, db_path: Path) 
 # --- the legacy callback handler -------------------------------------------------------
 
 
+@needs_encodings
 def test_legacy_callback_handler_records_the_same_calls(wire: WireServer, db_path: Path) -> None:
     handler = UsageCallbackHandler()
     manager = CallbackManager([handler])

@@ -32,7 +32,8 @@ def _cache_dir() -> Path | None:
     return Path(tempfile.gettempdir()) / "data-gym-cache"
 
 
-def _is_cached(encoding: str) -> bool:
+def encoding_on_disk(encoding: str) -> bool:
+    """Whether tiktoken can load `encoding` without a download."""
     # tiktoken downloads a missing encoding with no timeout; a user's call must never
     # wait on that, so only encodings already on disk are used.
     directory = _cache_dir()
@@ -56,7 +57,7 @@ def _encoder(encoding: str) -> Any | None:
         if encoding in _encoders:
             return _encoders[encoding]
     encoder = None
-    if _is_cached(encoding):
+    if encoding_on_disk(encoding):
         try:
             import tiktoken
 
