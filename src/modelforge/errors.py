@@ -52,3 +52,12 @@ class UsageLogError(ModelForgeError):
 
 class PriceUpdateError(ModelForgeError):
     """Refreshing the models.dev catalog failed; the previous cache is kept."""
+
+
+def missing_extra(exc: ModuleNotFoundError, extra: str) -> ModuleNotFoundError:
+    """`exc` for a framework that is not installed, naming the extra that installs it."""
+    return ModuleNotFoundError(
+        f"{exc.msg}; model-forge's {extra} integration needs it: "
+        f"pip install 'model-forge[{extra}]'",
+        name=exc.name,
+    )

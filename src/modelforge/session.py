@@ -113,7 +113,10 @@ _langchain_present: bool | None = None
 def _framework_activators(llamaindex: bool) -> list[Activator]:
     global _langchain_present
     if _langchain_present is None:
-        _langchain_present = importlib.util.find_spec("langchain_core") is not None
+        try:
+            _langchain_present = importlib.util.find_spec("langchain_core") is not None
+        except (ImportError, ValueError):  # e.g. sys.modules["langchain_core"] = None
+            _langchain_present = False
     activators: list[Activator] = []
     if _langchain_present:
         from modelforge.integrations.langchain import activate_tracking

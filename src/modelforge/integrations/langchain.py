@@ -21,9 +21,14 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.outputs import ChatGeneration, LLMResult
-from langchain_core.tracers.context import register_configure_hook
+from modelforge.errors import missing_extra
+
+try:
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.outputs import ChatGeneration, LLMResult
+    from langchain_core.tracers.context import register_configure_hook
+except ModuleNotFoundError as exc:
+    raise missing_extra(exc, "langchain") from exc
 
 from modelforge import config, recorder
 from modelforge.estimate import estimate_usage, text_of

@@ -33,29 +33,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_index.core.callbacks.base_handler import BaseCallbackHandler
-from llama_index.core.callbacks.schema import CBEventType, EventPayload
-from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler
-from llama_index.core.instrumentation.events import BaseEvent
-from llama_index.core.instrumentation.events.embedding import (
-    EmbeddingEndEvent,
-    EmbeddingStartEvent,
-)
-from llama_index.core.instrumentation.events.exception import ExceptionEvent
-from llama_index.core.instrumentation.events.llm import (
-    LLMChatEndEvent,
-    LLMChatInProgressEvent,
-    LLMChatStartEvent,
-    LLMCompletionEndEvent,
-    LLMCompletionInProgressEvent,
-    LLMCompletionStartEvent,
-)
-from llama_index.core.instrumentation.events.span import (  # type: ignore[attr-defined]
-    SpanDropEvent,
-)
-from llama_index.core.instrumentation.span import active_span_id
-from llama_index.core.instrumentation.span_handlers import NullSpanHandler
+from modelforge.errors import missing_extra
+
+try:
+    from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+    from llama_index.core.callbacks.schema import CBEventType, EventPayload
+    from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.events import BaseEvent
+    from llama_index.core.instrumentation.events.embedding import (
+        EmbeddingEndEvent,
+        EmbeddingStartEvent,
+    )
+    from llama_index.core.instrumentation.events.exception import ExceptionEvent
+    from llama_index.core.instrumentation.events.llm import (
+        LLMChatEndEvent,
+        LLMChatInProgressEvent,
+        LLMChatStartEvent,
+        LLMCompletionEndEvent,
+        LLMCompletionInProgressEvent,
+        LLMCompletionStartEvent,
+    )
+    from llama_index.core.instrumentation.events.span import (  # type: ignore[attr-defined]
+        SpanDropEvent,
+    )
+    from llama_index.core.instrumentation.span import active_span_id
+    from llama_index.core.instrumentation.span_handlers import NullSpanHandler
+except ModuleNotFoundError as exc:
+    raise missing_extra(exc, "llamaindex") from exc
 
 from modelforge import config, recorder
 from modelforge.estimate import estimate_usage, text_of
