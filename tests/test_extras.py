@@ -1,5 +1,5 @@
-"""Without a framework installed, model-forge still imports and prices, and using that
-framework's integration fails with an error naming the extra that installs it."""
+"""Without an optional extra's package, model-forge still imports and prices, and using
+the integration that needs it fails with an error naming the extra that installs it."""
 
 from __future__ import annotations
 
@@ -81,4 +81,21 @@ def test_without_llama_index_asking_for_it_names_the_extra() -> None:
         f"track_usage(llamaindex=True) | {message}",
         f"import modelforge.llamaindex | {message}",
         "0",
+    ]
+
+
+def test_without_opentelemetry_the_exporter_names_the_extra() -> None:
+    out = _run_without(
+        "opentelemetry",
+        """
+        import modelforge
+        try:
+            import modelforge.otel
+        except ModuleNotFoundError as exc:
+            print(exc.name, "|", exc)
+        """,
+    )
+    assert out.splitlines() == [
+        "opentelemetry | No module named 'opentelemetry'; model-forge's otel integration "
+        "needs it: pip install 'model-forge[otel]'",
     ]

@@ -542,25 +542,3 @@ def test_import_modelforge_does_not_import_opentelemetry() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
-
-
-def test_missing_opentelemetry_names_the_extra() -> None:
-    result = _run(
-        """
-        import sys
-
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "opentelemetry":
-                    raise ImportError(f"No module named {name!r}")
-                return None
-
-        sys.meta_path.insert(0, Block())
-        try:
-            import modelforge.otel
-        except ImportError as exc:
-            print(exc)
-        """
-    )
-    assert result.returncode == 0, result.stderr
-    assert "pip install 'model-forge[otel]'" in result.stdout

@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from modelforge.errors import missing_extra
+
 try:
     from opentelemetry import metrics, trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(
-        "modelforge.otel needs OpenTelemetry, which is not installed; "
-        "run: pip install 'model-forge[otel]'"
-    ) from exc
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise missing_extra(exc, "otel") from exc
 
 from modelforge import __version__, recorder
 from modelforge.records import CallRecord
