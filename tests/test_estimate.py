@@ -56,3 +56,7 @@ def test_a_stream_without_usage_or_encodings_is_a_labelled_estimate(
     # gpt-4o: 9 * 2.5 + 10 * 10 = 122.5 per 1M
     assert row["cost_usd"] == "0.0001225"
     assert_row_consistent(row)
+    # Counted from the texts, never stored: neither is anywhere in the log's files.
+    stored = b"".join(f.read_bytes() for f in db_path.parent.glob(db_path.name + "*"))
+    assert b"hello there" not in stored
+    assert b"wire server" not in stored
