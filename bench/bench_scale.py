@@ -6,6 +6,10 @@ Prints one table. Rows:
 - ingest: records/s through the background writer (submit → flush), against the peer,
   a plain sqlite-utils `table.insert(row)` per record (target ≥ 100,000 rows/s batched);
   and the writer's rate while the submitting thread keeps the GIL busy;
+- what SQLite alone does with such rows, built before the clock starts and inserted as
+  the writer inserts them: into our log (the ceiling for our writer), and into a bare
+  table with the same columns and only the unique run_id index (no report index, no
+  hourly rollup), which shows how much of the gap the schema itself costs;
 - handler overhead per call with 8 threads calling the LangChain handler at once;
 - RSS growth over 1,000,000 calls through the handler (target < 20 MB).
 The report timings on a 1M-row log are in bench/bench_report.py.
@@ -15,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 
 import psutil
@@ -33,7 +39,16 @@ import modelforge
 from modelforge.langchain import UsageCallbackHandler
 from modelforge.pricing.cost import price
 from modelforge.records import CallRecord
-from modelforge.store import COLUMNS, NULL, NULLABLE, UsageLog, record_row
+from modelforge.store import (
+    COLUMNS,
+    NULL,
+    NULLABLE,
+    UsageLog,
+    _param,
+    insert_rows,
+    open_db,
+    record_row,
+)
 from modelforge.usage import Usage
 
 USAGE = Usage(input_tokens=1200, cache_read_tokens=1000, output_tokens=300, reasoning_tokens=100)
@@ -111,6 +126,38 @@ def ingest_beside_busy_caller(n: int) -> float:
     return n / elapsed
 
 
+def sqlite_ceiling(n: int) -> tuple[float, float]:
+    """(rows/s into our log, rows/s into a bare table): rows built before the clock starts,
+    5,000 per transaction, in statements of 128 rows, as the writer does."""
+    rows = [record_row(r) for r in _records(n)]
+    ours = open_db(Path(_home) / "ceiling-ours.db")
+    started = time.perf_counter()
+    for at in range(0, n, 5_000):
+        insert_rows(ours, rows[at : at + 5_000])
+    ours_rate = n / (time.perf_counter() - started)
+    ours.close()
+
+    bare = sqlite3.connect(Path(_home) / "ceiling-bare.db", isolation_level=None)
+    bare.execute("PRAGMA journal_mode = WAL")
+    bare.execute("PRAGMA synchronous = NORMAL")
+    bare.execute(f"CREATE TABLE calls (id INTEGER PRIMARY KEY, {', '.join(COLUMNS)})")
+    bare.execute("CREATE UNIQUE INDEX idx_run_id ON calls (run_id)")
+    one_row = f"({', '.join(_param(c) for c in COLUMNS)})"
+    statement = f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES " + ", ".join([one_row] * 128)
+    started = time.perf_counter()
+    for at in range(0, n, 5_000):
+        bare.execute("BEGIN")
+        batch = rows[at : at + 5_000]
+        full = len(batch) - len(batch) % 128
+        for chunk in range(0, full, 128):
+            bare.execute(statement, tuple(chain.from_iterable(batch[chunk : chunk + 128])))
+        bare.executemany(f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES {one_row}", batch[full:])
+        bare.execute("COMMIT")
+    bare_rate = n / (time.perf_counter() - started)
+    bare.close()
+    return ours_rate, bare_rate
+
+
 def ingest_peer(n: int) -> float:
     """The peer: sqlite-utils inserting one dict per record, the obvious way."""
     db = sqlite_utils.Database(Path(_home) / "peer.db")
@@ -180,6 +227,7 @@ def main() -> None:
     ours = ingest_ours(args.calls, uuid7)
     ours_random = ingest_ours(args.calls, uuid.uuid4)
     busy = ingest_beside_busy_caller(min(args.calls, 20_000))
+    ceiling_ours, ceiling_bare = sqlite_ceiling(args.calls)
     peer = ingest_peer(min(args.calls, 20_000))
     per_call_8, rate_8 = threaded_overhead(8, args.calls // 8)
     per_call_1, rate_1 = threaded_overhead(1, args.calls // 8)
@@ -189,6 +237,8 @@ def main() -> None:
     print(f"{'ingest: background writer, batched (rows/s)':<52}{ours:>16,.0f}  >= 100,000")
     print(f"{'  the same, random uuid4 run ids (rows/s)':<52}{ours_random:>16,.0f}")
     print(f"{'  the same, beside a CPU-bound caller (rows/s)':<52}{busy:>16,.0f}")
+    print(f"{'  SQLite alone, rows built beforehand (rows/s)':<52}{ceiling_ours:>16,.0f}")
+    print(f"{'  SQLite alone, bare table, run_id index (rows/s)':<52}{ceiling_bare:>16,.0f}")
     print(f"{'ingest: sqlite-utils insert per row, peer (rows/s)':<52}{peer:>16,.0f}")
     print(f"{'  ours / peer':<52}{ours / peer:>15.1f}x")
     print(f"{'handler, 1 thread: µs per call (start + end)':<52}{per_call_1:>16.1f}")
