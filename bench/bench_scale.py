@@ -40,11 +40,12 @@ from modelforge.langchain import UsageCallbackHandler
 from modelforge.pricing.cost import price
 from modelforge.records import CallRecord
 from modelforge.store import (
+    CHUNK_ROWS,
     COLUMNS,
     NULL,
     NULLABLE,
     UsageLog,
-    _param,
+    _insert_chunk,
     insert_rows,
     open_db,
     record_row,
@@ -128,7 +129,7 @@ def ingest_beside_busy_caller(n: int) -> float:
 
 def sqlite_ceiling(n: int) -> tuple[float, float]:
     """(rows/s into our log, rows/s into a bare table): rows built before the clock starts,
-    5,000 per transaction, in statements of 128 rows, as the writer does."""
+    5,000 per transaction, in statements of CHUNK_ROWS rows, as the writer does."""
     rows = [record_row(r) for r in _records(n)]
     ours = open_db(Path(_home) / "ceiling-ours.db")
     started = time.perf_counter()
@@ -142,16 +143,16 @@ def sqlite_ceiling(n: int) -> tuple[float, float]:
     bare.execute("PRAGMA synchronous = NORMAL")
     bare.execute(f"CREATE TABLE calls (id INTEGER PRIMARY KEY, {', '.join(COLUMNS)})")
     bare.execute("CREATE UNIQUE INDEX idx_run_id ON calls (run_id)")
-    one_row = f"({', '.join(_param(c) for c in COLUMNS)})"
-    statement = f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES " + ", ".join([one_row] * 128)
+    # The writer's own statements: the bare table has the same name and columns.
+    statement, one_row = _insert_chunk(CHUNK_ROWS), _insert_chunk(1)
     started = time.perf_counter()
     for at in range(0, n, 5_000):
         bare.execute("BEGIN")
         batch = rows[at : at + 5_000]
-        full = len(batch) - len(batch) % 128
-        for chunk in range(0, full, 128):
-            bare.execute(statement, tuple(chain.from_iterable(batch[chunk : chunk + 128])))
-        bare.executemany(f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES {one_row}", batch[full:])
+        full = len(batch) - len(batch) % CHUNK_ROWS
+        for chunk in range(0, full, CHUNK_ROWS):
+            bare.execute(statement, tuple(chain.from_iterable(batch[chunk : chunk + CHUNK_ROWS])))
+        bare.executemany(one_row, batch[full:])
         bare.execute("COMMIT")
     bare_rate = n / (time.perf_counter() - started)
     bare.close()
