@@ -6,10 +6,13 @@ Prints one table. Rows:
 - ingest: records/s through the background writer (submit → flush), against the peer,
   a plain sqlite-utils `table.insert(row)` per record (target ≥ 100,000 rows/s batched);
   and the writer's rate while the submitting thread keeps the GIL busy;
-- what SQLite alone does with such rows, built before the clock starts and inserted as
-  the writer inserts them: into our log (the ceiling for our writer), and into a bare
-  table with the same columns and only the unique run_id index (no report index, no
-  hourly rollup), which shows how much of the gap the schema itself costs;
+- what binding and SQLite do with such rows, built before the clock starts and inserted
+  as the writer inserts them: into our log, and into a bare table with the same columns
+  and only the unique run_id index (no report index, no hourly rollup), which shows how
+  much of the gap the schema itself costs;
+- each half of the writer's work without the other: the Python that turns records into
+  bound rows, storing nothing; and SQLite copying the rows into our log with no Python
+  per row. A writer does both, so neither rate is reachable end to end;
 - handler overhead per call with 8 threads calling the LangChain handler at once;
 - RSS growth over 1,000,000 calls through the handler (target < 20 MB).
 The report timings on a 1M-row log are in bench/bench_report.py.
@@ -40,14 +43,17 @@ from modelforge.langchain import UsageCallbackHandler
 from modelforge.pricing.cost import price
 from modelforge.records import CallRecord
 from modelforge.store import (
+    _ROLLUP_BATCH,
     CHUNK_ROWS,
     COLUMNS,
     NULL,
     NULLABLE,
     UsageLog,
     _insert_chunk,
+    fields_row,
     insert_rows,
     open_db,
+    record_fields,
     record_row,
 )
 from modelforge.usage import Usage
@@ -159,6 +165,51 @@ def sqlite_ceiling(n: int) -> tuple[float, float]:
     return ours_rate, bare_rate
 
 
+def parts_alone(n: int) -> tuple[float, float]:
+    """(rows/s of the writer's Python alone, rows/s of SQLite alone): how far apart the
+    two halves of ingest are from 100,000 rows/s, each without the other.
+
+    Python alone: `record_fields` (the caller's side), `fields_row` and binding, all under
+    the GIL, with a statement that stores nothing. SQLite alone: the same rows copied
+    into our log by `INSERT … SELECT` from an in-memory table, plus the rollup, so no
+    Python runs per row.
+    """
+    records = _records(n)
+    conn = sqlite3.connect(":memory:")
+    one_row = f"({', '.join('?' * len(COLUMNS))})"
+    stores_nothing = f"SELECT count(*) FROM (VALUES {', '.join([one_row] * CHUNK_ROWS)})"
+    full = n - n % CHUNK_ROWS
+    started = time.perf_counter()
+    for at in range(0, full, CHUNK_ROWS):
+        rows = [fields_row(record_fields(r)) for r in records[at : at + CHUNK_ROWS]]
+        conn.execute(stores_nothing, tuple(chain.from_iterable(rows)))
+    python_rate = full / (time.perf_counter() - started)
+    conn.close()
+
+    log = open_db(Path(_home) / "sqlite-alone.db")
+    log.execute("ATTACH ':memory:' AS staged")
+    log.execute(f"CREATE TABLE staged.calls ({', '.join(COLUMNS)})")
+    log.executemany(f"INSERT INTO staged.calls VALUES {one_row}", map(record_row, records))
+    columns = ", ".join(COLUMNS)
+    values = ", ".join(
+        f"nullif({c}, {NULL})" if c in NULLABLE else c for c in COLUMNS
+    )  # as the writer's INSERT turns NULL markers back into NULL
+    copy = (
+        f"INSERT OR IGNORE INTO main.calls ({columns}) "
+        f"SELECT {values} FROM staged.calls WHERE rowid > ? AND rowid <= ?"
+    )
+    started = time.perf_counter()
+    for at in range(0, n, 5_000):
+        log.execute("BEGIN IMMEDIATE")
+        cursor = log.execute(copy, (at, at + 5_000))
+        log.execute(_ROLLUP_BATCH, (cursor.lastrowid - cursor.rowcount,))
+        log.execute("COMMIT")
+    sqlite_rate = n / (time.perf_counter() - started)
+    assert log.execute("SELECT count(*) FROM main.calls").fetchone()[0] == n
+    log.close()
+    return python_rate, sqlite_rate
+
+
 def ingest_peer(n: int) -> float:
     """The peer: sqlite-utils inserting one dict per record, the obvious way."""
     db = sqlite_utils.Database(Path(_home) / "peer.db")
@@ -229,6 +280,7 @@ def main() -> None:
     ours_random = ingest_ours(args.calls, uuid.uuid4)
     busy = ingest_beside_busy_caller(min(args.calls, 20_000))
     ceiling_ours, ceiling_bare = sqlite_ceiling(args.calls)
+    python_alone, sqlite_alone = parts_alone(args.calls)
     peer = ingest_peer(min(args.calls, 20_000))
     per_call_8, rate_8 = threaded_overhead(8, args.calls // 8)
     per_call_1, rate_1 = threaded_overhead(1, args.calls // 8)
@@ -238,8 +290,10 @@ def main() -> None:
     print(f"{'ingest: background writer, batched (rows/s)':<52}{ours:>16,.0f}  >= 100,000")
     print(f"{'  the same, random uuid4 run ids (rows/s)':<52}{ours_random:>16,.0f}")
     print(f"{'  the same, beside a CPU-bound caller (rows/s)':<52}{busy:>16,.0f}")
-    print(f"{'  SQLite alone, rows built beforehand (rows/s)':<52}{ceiling_ours:>16,.0f}")
-    print(f"{'  SQLite alone, bare table, run_id index (rows/s)':<52}{ceiling_bare:>16,.0f}")
+    print(f"{'  rows built beforehand: binding + SQLite (rows/s)':<52}{ceiling_ours:>16,.0f}")
+    print(f"{'  the same, bare table, run_id index (rows/s)':<52}{ceiling_bare:>16,.0f}")
+    print(f"{'  Python alone: records to bound rows (rows/s)':<52}{python_alone:>16,.0f}")
+    print(f"{'  SQLite alone: no Python per row (rows/s)':<52}{sqlite_alone:>16,.0f}")
     print(f"{'ingest: sqlite-utils insert per row, peer (rows/s)':<52}{peer:>16,.0f}")
     print(f"{'  ours / peer':<52}{ours / peer:>15.1f}x")
     print(f"{'handler, 1 thread: µs per call (start + end)':<52}{per_call_1:>16.1f}")
