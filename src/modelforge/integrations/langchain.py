@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -65,7 +65,6 @@ class _Run:
     # reports none; never stored.
     prompts: Any = None
     first_token: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class UsageCallbackHandler(BaseCallbackHandler):
