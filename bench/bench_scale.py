@@ -50,6 +50,7 @@ from modelforge.store import (
     NULLABLE,
     UsageLog,
     _insert_chunk,
+    _param,
     fields_row,
     insert_rows,
     open_db,
@@ -191,9 +192,9 @@ def parts_alone(n: int) -> tuple[float, float]:
     log.execute(f"CREATE TABLE staged.calls ({', '.join(COLUMNS)})")
     log.executemany(f"INSERT INTO staged.calls VALUES {one_row}", map(record_row, records))
     columns = ", ".join(COLUMNS)
-    values = ", ".join(
-        f"nullif({c}, {NULL})" if c in NULLABLE else c for c in COLUMNS
-    )  # as the writer's INSERT turns NULL markers back into NULL
+    # The writer's own value expressions (NULL markers back to NULL), reading the staged
+    # column where the writer binds a parameter.
+    values = ", ".join(_param(c).replace("?", c) for c in COLUMNS)
     copy = (
         f"INSERT OR IGNORE INTO main.calls ({columns}) "
         f"SELECT {values} FROM staged.calls WHERE rowid > ? AND rowid <= ?"
