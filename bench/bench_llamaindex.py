@@ -72,7 +72,13 @@ from modelforge.llamaindex import UsageEventHandler, instrument, uninstrument  #
 from modelforge.pricing.cost import cost_for  # noqa: E402
 from modelforge.pricing.resolve import get_resolver  # noqa: E402
 from modelforge.records import CallRecord, utc_now  # noqa: E402
-from modelforge.store import COLUMNS, fields_row, record_fields  # noqa: E402
+from modelforge.store import (  # noqa: E402
+    CHUNK_ROWS,
+    COLUMNS,
+    _insert_chunk,
+    fields_row,
+    record_fields,
+)
 from modelforge.usage import plain_openai_chat  # noqa: E402
 
 MODEL = "gpt-4o"
@@ -180,12 +186,10 @@ EXPECTED_COST = Decimal("0.01002") + Decimal("0.00017")
 
 class BareWriter:
     """The least a batched background writer does: every 50 ms, the queued rows go into a
-    table with no index, in one transaction of 128-row INSERTs. (`executemany` would
-    release the GIL once per row and wait for it again each time, so a busy caller would
-    starve it.) Records are queued as our writer queues them, as `record_fields` tuples,
-    which keep the garbage collector's work down."""
-
-    CHUNK = 128
+    table with no index, in one transaction of the writer's own INSERT statements of up to
+    `CHUNK_ROWS` rows. (`executemany` would release the GIL once per row and wait for it
+    again each time, so a busy caller would starve it.) Records are queued as our writer
+    queues them, as `record_fields` tuples, which keep the garbage collector's work down."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -198,8 +202,8 @@ class BareWriter:
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # Same name and columns as the log's table, so the writer's statements fit it.
         conn.execute(f"CREATE TABLE calls ({', '.join(COLUMNS)})")
-        row = f"({', '.join('?' * len(COLUMNS))})"
         while True:
             time.sleep(0.05)
             batch = self.queued[:]
@@ -210,10 +214,9 @@ class BareWriter:
                     self._drained.set()
                 continue
             conn.execute("BEGIN")
-            for start in range(0, len(batch), self.CHUNK):
-                chunk = [fields_row(fields) for fields in batch[start : start + self.CHUNK]]
-                values = ", ".join([row] * len(chunk))
-                conn.execute(f"INSERT INTO calls VALUES {values}", list(chain(*chunk)))
+            for start in range(0, len(batch), CHUNK_ROWS):
+                chunk = [fields_row(fields) for fields in batch[start : start + CHUNK_ROWS]]
+                conn.execute(_insert_chunk(len(chunk)), tuple(chain.from_iterable(chunk)))
             conn.execute("COMMIT")
             self.written += len(batch)
 
