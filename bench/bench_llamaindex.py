@@ -35,11 +35,9 @@ import os
 import random
 import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from itertools import chain
 from typing import Any
 
 TARGET_ADDED_US = 30.0
@@ -47,6 +45,7 @@ TARGET_RATIO = 50.0
 
 import _isolated  # noqa: E402  (before modelforge reads the env)
 import tiktoken  # noqa: E402
+from _floor import BareWriter  # noqa: E402
 from llama_index.core.base.llms.types import (  # noqa: E402
     ChatMessage,
     ChatResponse,
@@ -72,13 +71,7 @@ from modelforge.llamaindex import UsageEventHandler, instrument, uninstrument  #
 from modelforge.pricing.cost import cost_for  # noqa: E402
 from modelforge.pricing.resolve import get_resolver  # noqa: E402
 from modelforge.records import CallRecord, utc_now  # noqa: E402
-from modelforge.store import (  # noqa: E402
-    CHUNK_ROWS,
-    COLUMNS,
-    _insert_chunk,
-    fields_row,
-    record_fields,
-)
+from modelforge.store import record_fields  # noqa: E402
 from modelforge.usage import plain_openai_chat  # noqa: E402
 
 MODEL = "gpt-4o"
@@ -182,47 +175,6 @@ class InProcessLLM(CustomLLM):
 
 # 4,008 input tokens at $2.50 and 17 output tokens at $10 per 1M (gpt-4o).
 EXPECTED_COST = Decimal("0.01002") + Decimal("0.00017")
-
-
-class BareWriter:
-    """The least a batched background writer does: every 50 ms, the queued rows go into a
-    table with no index, in one transaction of the writer's own INSERT statements of up to
-    `CHUNK_ROWS` rows. (`executemany` would release the GIL once per row and wait for it
-    again each time, so a busy caller would starve it.) Records are queued as our writer
-    queues them, as `record_fields` tuples, which keep the garbage collector's work down."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.queued: list[tuple[Any, ...]] = []
-        self.written = 0
-        self._drained = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        # Same name and columns as the log's table, so the writer's statements fit it.
-        conn.execute(f"CREATE TABLE calls ({', '.join(COLUMNS)})")
-        while True:
-            time.sleep(0.05)
-            batch = self.queued[:]
-            # Only what was copied: the caller may have appended meanwhile.
-            del self.queued[: len(batch)]
-            if not batch:
-                if self.written:
-                    self._drained.set()
-                continue
-            conn.execute("BEGIN")
-            for start in range(0, len(batch), CHUNK_ROWS):
-                chunk = [fields_row(fields) for fields in batch[start : start + CHUNK_ROWS]]
-                conn.execute(_insert_chunk(len(chunk)), tuple(chain.from_iterable(chunk)))
-            conn.execute("COMMIT")
-            self.written += len(batch)
-
-    def drain(self) -> None:
-        self._drained.clear()
-        assert self._drained.wait(60), "the bare writer stopped"
 
 
 class BareHandler(BaseEventHandler):
