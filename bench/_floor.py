@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from itertools import chain
 from typing import Any
 
 import _isolated  # noqa: F401  (before modelforge reads the env)
 
-from modelforge.store import BATCH_WINDOW, CHUNK_ROWS, COLUMNS, _insert_chunk, fields_row
+from modelforge.store import BATCH_WINDOW, COLUMNS, fields_row, insert_chunks
 
 
 class BareWriter:
     """Every `BATCH_WINDOW` (50 ms, as ours), or at once on `drain()`, the queued rows
-    go into a table with no index, in one transaction of the writer's own INSERT
-    statements of up to `CHUNK_ROWS` rows. (`executemany` would release the GIL once per
-    row and wait for it again each time, so a busy caller would starve it.) Callers
-    append `record_fields` tuples to `queued`, as our writer queues them: they keep the
-    garbage collector's work down."""
+    go into a table with only the unique run_id index a log needs to count a call once
+    (no report indexes, no hourly rollup), in one transaction of the writer's own
+    multi-row INSERTs (`store.insert_chunks`: a few statement sizes, each prepared once;
+    `executemany` would release the GIL once per row and wait for it again each time,
+    so a busy caller would starve it). Callers append `record_fields` tuples to
+    `queued`, as our writer queues them: they keep the garbage collector's work down."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -32,7 +32,8 @@ class BareWriter:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         # Same name and columns as the log's table, so the writer's statements fit it.
-        conn.execute(f"CREATE TABLE calls ({', '.join(COLUMNS)})")
+        conn.execute(f"CREATE TABLE calls (id INTEGER PRIMARY KEY, {', '.join(COLUMNS)})")
+        conn.execute("CREATE UNIQUE INDEX idx_run_id ON calls (run_id)")
         while True:
             self._wake.wait(BATCH_WINDOW)
             self._wake.clear()
@@ -42,9 +43,7 @@ class BareWriter:
             rows = [fields for fields in batch if type(fields) is tuple]
             if rows:
                 conn.execute("BEGIN")
-                for start in range(0, len(rows), CHUNK_ROWS):
-                    chunk = [fields_row(fields) for fields in rows[start : start + CHUNK_ROWS]]
-                    conn.execute(_insert_chunk(len(chunk)), tuple(chain.from_iterable(chunk)))
+                insert_chunks(conn, [fields_row(fields) for fields in rows])
                 conn.execute("COMMIT")
                 self.written += len(rows)
             for marker in batch:

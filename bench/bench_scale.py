@@ -49,9 +49,9 @@ from modelforge.store import (
     NULL,
     NULLABLE,
     UsageLog,
-    _insert_chunk,
     _param,
     fields_row,
+    insert_chunks,
     insert_rows,
     open_db,
     record_fields,
@@ -151,15 +151,10 @@ def sqlite_ceiling(n: int) -> tuple[float, float]:
     bare.execute(f"CREATE TABLE calls (id INTEGER PRIMARY KEY, {', '.join(COLUMNS)})")
     bare.execute("CREATE UNIQUE INDEX idx_run_id ON calls (run_id)")
     # The writer's own statements: the bare table has the same name and columns.
-    statement, one_row = _insert_chunk(CHUNK_ROWS), _insert_chunk(1)
     started = time.perf_counter()
     for at in range(0, n, 5_000):
         bare.execute("BEGIN")
-        batch = rows[at : at + 5_000]
-        full = len(batch) - len(batch) % CHUNK_ROWS
-        for chunk in range(0, full, CHUNK_ROWS):
-            bare.execute(statement, tuple(chain.from_iterable(batch[chunk : chunk + CHUNK_ROWS])))
-        bare.executemany(one_row, batch[full:])
+        insert_chunks(bare, rows[at : at + 5_000])
         bare.execute("COMMIT")
     bare_rate = n / (time.perf_counter() - started)
     bare.close()

@@ -414,16 +414,7 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> in
     rollup, in one transaction. Returns how many rows were new."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        rows = list(rows)
-        inserted = last_new_id = 0
-        for start, size, statement_rows in _chunks(len(rows), _rows_per_statement(conn)):
-            chunk = rows[start : start + size]
-            # Padding repeats the chunk's last row: the unique run_id index ignores it.
-            chunk.extend([chunk[-1]] * (statement_rows - size))
-            cursor = conn.execute(_insert_chunk(statement_rows), tuple(chain.from_iterable(chunk)))
-            if cursor.rowcount > 0:
-                inserted += cursor.rowcount
-                last_new_id = cursor.lastrowid or 0
+        inserted, last_new_id = insert_chunks(conn, list(rows))
         if inserted:
             # The write lock is ours and ids count up from the largest, so the new rows
             # are exactly the `inserted` ids ending at the last one.
@@ -434,6 +425,21 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> in
             conn.execute("ROLLBACK")
         raise
     return int(inserted)
+
+
+def insert_chunks(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+    """INSERT OR IGNORE `rows` into `calls` in a few multi-row statements, inside the
+    caller's transaction. Returns (rows that were new, the id of the last new one)."""
+    inserted = last_new_id = 0
+    for start, size, statement_rows in _chunks(len(rows), _rows_per_statement(conn)):
+        chunk = rows[start : start + size]
+        # Padding repeats the chunk's last row: the unique run_id index ignores it.
+        chunk.extend([chunk[-1]] * (statement_rows - size))
+        cursor = conn.execute(_insert_chunk(statement_rows), tuple(chain.from_iterable(chunk)))
+        if cursor.rowcount > 0:
+            inserted += cursor.rowcount
+            last_new_id = cursor.lastrowid or 0
+    return inserted, last_new_id
 
 
 def _rows_per_statement(conn: sqlite3.Connection) -> int:
