@@ -6,8 +6,8 @@
     The garbage collections each configuration set off are counted and timed too.
     A "floor" shows the least persisting can add to our handler: the same handler, whose
     log hands each record to a bare writer instead of ours (`_floor.BareWriter`: a
-    thread that batches them into a table with no index, every 50 ms as ours does). It
-    is timed as ours is, writing included.
+    thread that batches them into a table with only the unique run_id index, every 50 ms
+    as ours does). It is timed as ours is, writing included.
 (b) 50,000 calls go straight through the handler's callbacks, then `modelforge.flush()`;
     every row must be in the log.
 

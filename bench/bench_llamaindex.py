@@ -24,7 +24,7 @@ Two "floor" set-ups show the least a handler can add here. The bare handler does
 what a record needs: it reads the reported usage, prices it in Decimal and builds a
 `CallRecord`, with no nesting, sessions, locks or error handling. It runs in memory in
 the rounds. In the steady runs it also queues each record for a bare writer: a thread
-that puts the rows into a table with no index, batched as ours are.
+that puts the rows into a table with only the unique run_id index, batched as ours are.
 """
 
 from __future__ import annotations
