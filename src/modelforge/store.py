@@ -411,6 +411,8 @@ class UsageLog:
         self._wake = threading.Event()
         self._room = threading.Event()
         self._start_lock = threading.Lock()
+        self._queued = 0  # rows on the queue (markers aside), under _count_lock
+        self._count_lock = threading.Lock()
         self._failing = False
         self.written = self.duplicates = self.dropped = self.errors = self.saved = 0
 
@@ -431,6 +433,8 @@ class UsageLog:
             self._room.clear()
             self._wake.set()
             self._room.wait(MAX_WAIT)
+        with self._count_lock:
+            self._queued += 1
         self._queue.put(row)
         if _in_child_process():
             self.flush(CHILD_WAIT)
@@ -445,16 +449,17 @@ class UsageLog:
             self._queue.put(marker)
             self._wake.set()
             marker.done.wait(timeout)
-        return self._queue.empty() and not self._pending and not self.dropped
+        return not self._queued and not self._pending and not self.dropped
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Write what is queued, then stop the writer and close the file."""
         if self._thread is not None and self._thread.is_alive():
+            deadline = None if timeout is None else time.monotonic() + timeout
             marker = _Flush(threading.Event(), stop=True)
             self._queue.put(marker)
             self._wake.set()
             marker.done.wait(timeout)
-            self._thread.join(timeout)
+            self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def save_unwritten(self) -> int:
         """Put every record not yet written into the side file; returns how many."""
@@ -465,6 +470,7 @@ class UsageLog:
             except queue.Empty:
                 break
             if not isinstance(item, _Flush):
+                self._taken(1)
                 rows.append(item)
         if not rows:
             return 0
@@ -481,7 +487,7 @@ class UsageLog:
             self.duplicates,
             self.dropped,
             self.errors,
-            len(self._pending) + self._queue.qsize(),
+            len(self._pending) + self._queued,
             self.saved,
         )
 
@@ -523,8 +529,9 @@ class UsageLog:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
+            self._pending.extend(records)
+            self._taken(len(records))
             try:
-                self._pending.extend(records)
                 self._write()
             except Exception as exc:  # a bug here must not end the writer: rows stay pending
                 self.errors += 1
@@ -538,9 +545,17 @@ class UsageLog:
                 self._close_db()
                 return
 
+    def _taken(self, rows: int) -> None:
+        with self._count_lock:
+            self._queued -= rows
+
     def _write(self) -> None:
         if not self._pending:
             return
+        with _no_fork_now:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
         try:
             conn = self._connect()
             try:
@@ -613,6 +628,12 @@ class UsageLog:
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
+            with _no_fork_now:
+                return self._open()
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
             self._db = open_db(self.path, create=True)
             try:
                 import_side_file(self._db, self.path)
@@ -651,6 +672,13 @@ def _is_file_error(exc: BaseException) -> bool:
 # --- child processes ----------------------------------------------------------------
 
 _forked = False
+# Held by a writer while it uses SQLite, and by `os.fork` around the fork. SQLite keeps
+# its lock bookkeeping per process: a child forked mid-transaction believes a lock is
+# held that nobody will release, and its own writes wait on it for ever.
+_no_fork_now = threading.RLock()
+# Logs a child inherits: never closed (closing a copied connection can release locks
+# or remove a WAL the parent still uses), only forgotten.
+_inherited: list[UsageLog] = []
 
 
 def _in_child_process() -> bool:
@@ -717,7 +745,7 @@ def _at_exit() -> None:
         if not left:
             continue
         try:
-            log.save_unwritten()
+            left = log.save_unwritten()
             print(
                 f"modelforge: {left} records could not be written to {log.path} within "
                 f"{EXIT_WAIT:g} s; saved to {side_file(log.path)} for the next run to import",
@@ -731,10 +759,20 @@ def _at_exit() -> None:
             )
 
 
+def _before_fork() -> None:
+    _no_fork_now.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _no_fork_now.release()
+
+
 def _after_fork_in_child() -> None:
     # The parent's writer threads do not exist in the child; start afresh.
-    global _logs_lock, _held_fds_lock, _file_lock_mutex, _forked
+    global _logs_lock, _held_fds_lock, _file_lock_mutex, _forked, _no_fork_now
     _forked = True
+    _no_fork_now = threading.RLock()
+    _inherited.extend(_logs.values())
     _logs.clear()
     # An inherited descriptor shares its flock with the parent: open our own (the
     # inherited ones stay open, for the reason in _held_fd).
@@ -746,4 +784,8 @@ def _after_fork_in_child() -> None:
 
 atexit.register(_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
