@@ -114,6 +114,7 @@ def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> int:
 # --- concurrency ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_processes_and_threads_write_one_file_without_loss(tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
     calls = 5_000  # the full size: 80,000 rows, ~8 s here
