@@ -7,7 +7,7 @@ sqlite-utils (which imports pandas when it is installed: a third of a second).
 from __future__ import annotations
 
 # Every migration, in order; a log whose migrations table lists them all is current.
-MIGRATION_NAMES = ("m001_create_calls", "m002_hourly_rollup")
+MIGRATION_NAMES = ("m001_create_calls", "m002_hourly_rollup", "m090_billed")
 MIGRATIONS_TABLE = "_sqlite_migrations"
 
 # Token columns, in the order they appear in the table and in CallRecord.usage.
