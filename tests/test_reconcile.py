@@ -379,6 +379,22 @@ def test_a_retry_after_longer_than_the_budget_gives_up_at_once(
     assert slept == []
 
 
+def test_paging_that_stops_short_is_an_error_not_a_result(billing: WireServer, log: Path) -> None:
+    billing.set_billing(OPENAI_COSTS, OPENAI_BILLING, page_size=1, lose_next_page=True)
+    with pytest.raises(ReconcileError, match=r"without a new `next_page`.*nothing was stored"):
+        _run(billing, log)
+    assert _billed_table(log) == []
+
+
+def test_amounts_keep_every_digit_of_the_raw_text(billing: WireServer, log: Path) -> None:
+    # Through a float, 21 significant digits would come back as 0.12345678901234568.
+    amount = "0.12345678901234567891"
+    billing.set_billing(OPENAI_COSTS, {"2026-11-03": [openai_cost("gpt-4o, input", amount)]})
+    row = _rows(_run(billing, log))[("2026-11-03", "openai/gpt-4o", "standard")]
+    assert row.billed_usd == Decimal(amount)
+    assert [r[6] for r in _billed_table(log) if r[6] is not None] == [amount]
+
+
 def test_settling_days_are_explained_not_counted(billing: WireServer, log: Path) -> None:
     # At noon on 2026-11-04, OpenAI days settle 24 h after they end: 11-03 and 11-04
     # have not.

@@ -558,6 +558,7 @@ class _Billing:
     page_size: dict[str, int] = field(default_factory=dict)
     failures: list[BillingFailure] = field(default_factory=list)
     key: str | None = None
+    lose_next_page: set[str] = field(default_factory=set)
 
 
 def _billing_json(payload: JSON) -> bytes:
@@ -635,7 +636,7 @@ def _billing_reply(
     body: JSON = {
         "data": [_billing_bucket(anthropic, d, scripted.get(d.isoformat(), [])) for d in chunk],
         "has_more": has_more,
-        "next_page": f"page_{token}" if has_more else None,
+        "next_page": f"page_{token}" if has_more and path not in billing.lose_next_page else None,
     }
     return 200, (body if anthropic else {"object": "page", **body}), {}
 
@@ -855,13 +856,19 @@ class WireServer:
             return list(self._state.requests)
 
     def set_billing(
-        self, path: str, results: Mapping[str, list[JSON]], *, page_size: int | None = None
+        self,
+        path: str,
+        results: Mapping[str, list[JSON]],
+        *,
+        page_size: int | None = None,
+        lose_next_page: bool = False,
     ) -> None:
         """Serve `results` (per UTC day, ``"2026-11-01"``) from the Admin API at `path`.
 
         Every day asked for gets a bucket (empty unless scripted), `page_size` buckets a
         page at most, like the real endpoints. Build results with :func:`openai_cost`,
         :func:`openai_usage`, :func:`anthropic_cost` and :func:`anthropic_usage`.
+        `lose_next_page` breaks paging: pages say `has_more` but give no `next_page`.
         """
         if path not in _BILLING_LIMITS:
             raise ValueError(f"not a billing endpoint: {path}")
@@ -869,6 +876,10 @@ class WireServer:
             self._state.billing.results[path] = {day: list(rows) for day, rows in results.items()}
             if page_size is not None:
                 self._state.billing.page_size[path] = page_size
+            if lose_next_page:
+                self._state.billing.lose_next_page.add(path)
+            else:
+                self._state.billing.lose_next_page.discard(path)
 
     def fail_billing(self, *failures: BillingFailure) -> None:
         """Answer the next billing GETs with these errors, in order, before any data."""
