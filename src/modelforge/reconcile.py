@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from modelforge import __version__, config
-from modelforge.errors import BillingAPIError, ReconcileError
+from modelforge.errors import BillingAPIError, ReconcileError, UsageLogError
 from modelforge.pricing.resolve import resolve
 from modelforge.records import format_ts
 from modelforge.report import ReportError, parse_when
@@ -1043,7 +1043,9 @@ def reconcile(
     from modelforge.store import open_db
 
     path = Path(db) if db is not None else config.default_db_path()
-    conn = open_db(path, create=False)
+    if not path.exists():
+        raise UsageLogError(f"no usage log at {path}: nothing to compare the billing with")
+    conn = open_db(path)  # for writing: the billed figures are stored in it
     try:
         billing = fetch_billing(client, first, end)
         stored = store_billed(conn, billing)
