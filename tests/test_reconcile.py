@@ -38,10 +38,10 @@ from click.testing import CliRunner
 from modelforge import reconcile as reconcile_module
 from modelforge.cli import cli
 from modelforge.errors import BillingAPIError, ReconcileError, UsageLogError
+from modelforge.migrations import MIGRATION_NAMES
 from modelforge.pricing.cost import price
 from modelforge.reconcile import AdminClient, reconcile
 from modelforge.records import CallRecord
-from modelforge.schema import MIGRATION_NAMES
 from modelforge.store import UsageLog, open_db
 from modelforge.usage import Usage
 from modelforge.wire import (
