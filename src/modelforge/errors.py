@@ -54,6 +54,21 @@ class PriceUpdateError(ModelForgeError):
     """Refreshing the models.dev catalog failed; the previous cache is kept."""
 
 
+class ReconcileError(ModelForgeError):
+    """Reconciling with a provider's billing failed; nothing partial is shown or stored.
+
+    Messages never contain the admin key.
+    """
+
+
+class BillingAPIError(ReconcileError):
+    """A billing (Admin) API answered with an error, or kept failing past the retry budget."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
 def missing_extra(exc: ModuleNotFoundError, extra: str) -> ModuleNotFoundError:
     """`exc` for a framework that is not installed, naming the extra that installs it."""
     return ModuleNotFoundError(

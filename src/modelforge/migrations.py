@@ -287,8 +287,37 @@ FROM (
     )
 
 
+def m090_billed(db: sqlite3.Connection) -> None:
+    """What the providers billed, as `modelforge reconcile` fetched it from their Admin APIs.
+
+    One figure per UTC day, billing model name and line item: a cost (`amount_usd`, exact
+    decimal text) or a token count (`tokens`). Each records the endpoint it came from and
+    when it was fetched; a later fetch of the same days replaces them.
+    """
+    db.execute(
+        """CREATE TABLE "billed" (
+   "provider" TEXT NOT NULL,
+   "day" TEXT NOT NULL,
+   "model" TEXT NOT NULL,
+   "line_item" TEXT NOT NULL,
+   "token_class" TEXT NOT NULL,
+   "service_tier" TEXT NOT NULL,
+   "amount_usd" TEXT,
+   "tokens" INTEGER,
+   "source" TEXT NOT NULL,
+   "fetched_at" TEXT NOT NULL,
+   PRIMARY KEY ("provider", "day", "model", "line_item")
+) WITHOUT ROWID"""
+    )
+
+
 Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (m001_create_calls, m002_hourly_rollup, m003_rollup_by_triggers)
+MIGRATIONS: tuple[Migration, ...] = (
+    m001_create_calls,
+    m002_hourly_rollup,
+    m003_rollup_by_triggers,
+    m090_billed,
+)
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)
 
 

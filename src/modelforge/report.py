@@ -475,3 +475,73 @@ class LogSummary:
 def summary(conn: sqlite3.Connection) -> LogSummary:
     rows, first, last = conn.execute("SELECT count(*), min(ts), max(ts) FROM calls").fetchone()
     return LogSummary(rows, first, last)
+
+
+# --- billed beside computed (`usage --billed`) ------------------------------------------
+
+BILLED_GROUPS = ("day", "provider")
+
+
+def check_billed(groups: Sequence[str], filters: Filters) -> None:
+    """`--billed` compares whole days: reject groupings and filters billing cannot follow."""
+    if "day" not in groups or any(g not in BILLED_GROUPS for g in groups):
+        raise ReportError("--billed", "group by day (and optionally provider), e.g. --by day")
+    if filters.model or filters.agent or filters.tag or filters.where:
+        raise ReportError(
+            "--billed",
+            "billed figures are per day and provider; drop --model/--agent/--tag/--where",
+        )
+
+
+def add_billed(conn: sqlite3.Connection, result: UsageReport, filters: Filters) -> UsageReport:
+    """Put `billed_usd` (stored by `modelforge reconcile`) beside each day's computed cost.
+
+    Days with billed figures but no logged calls get a row of their own; days without
+    billed figures show `billed_usd` None.
+    """
+    check_billed(result.group_by, filters)
+    by_provider = "provider" in result.group_by
+    billed = _billed_sums(conn, filters, by_provider)
+    rows = {(r["day"], r["provider"] if by_provider else None): r for r in result.rows}
+    for key in billed.keys() - rows.keys():
+        empty = _as_row([0] * len(_SUM_NAMES))
+        named = {"day": key[0], **({"provider": key[1]} if by_provider else {})}
+        rows[key] = {name: named[name] for name in result.group_by} | empty
+    for key, row in rows.items():
+        row["billed_usd"] = billed.get(key)
+    ordered = [rows[k] for k in sorted(rows, key=_sort_key)]
+    total = sum((v for v in billed.values()), Decimal(0)) if billed else None
+    totals = {**result.totals, "billed_usd": total}
+    return replace(result, rows=ordered, totals=totals)
+
+
+def _billed_sums(
+    conn: sqlite3.Connection, filters: Filters, by_provider: bool
+) -> dict[tuple[str, str | None], Decimal]:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'billed'"
+    ).fetchone()
+    if found is None:
+        return {}
+    clauses, params = ["amount_usd IS NOT NULL"], []
+    if filters.since:
+        clauses.append("day >= ?")
+        params.append(filters.since[:10])
+    if filters.until:
+        clauses.append("day < ?")
+        params.append(filters.until[:10])
+    if filters.provider:
+        clauses.append("provider = ?")
+        params.append(filters.provider)
+    sql = f"SELECT day, provider, amount_usd FROM billed WHERE {' AND '.join(clauses)}"
+    sums: dict[tuple[str, str | None], Decimal] = {}
+    for day, provider, amount in conn.execute(sql, params):
+        key = (day, provider if by_provider else None)
+        sums[key] = sums.get(key, Decimal(0)) + Decimal(amount)
+    return {key: _trimmed(amount) for key, amount in sums.items()}
+
+
+def _trimmed(amount: Decimal) -> Decimal:
+    """The same amount without trailing zeros (billing APIs send '0.00460000000000000')."""
+    normal = amount.normalize()
+    return normal if int(normal.as_tuple().exponent) < 0 else amount.quantize(Decimal(1))
