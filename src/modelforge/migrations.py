@@ -287,7 +287,7 @@ FROM (
     )
 
 
-def m090_billed(db: sqlite3.Connection) -> None:
+def m004_billed(db: sqlite3.Connection) -> None:
     """What the providers billed, as `modelforge reconcile` fetched it from their Admin APIs.
 
     One figure per UTC day, billing model name and line item: a cost (`amount_usd`, exact
@@ -316,7 +316,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m001_create_calls,
     m002_hourly_rollup,
     m003_rollup_by_triggers,
-    m090_billed,
+    m004_billed,
 )
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)
 
