@@ -140,6 +140,12 @@ def main() -> None:
         f"{'usage export --format jsonl':<32} {'':>10} {export_s:>13.3f}s "
         f"  peak RSS {export_kib / 1024:.0f} MB (target ≤ 100 MB), {exported:,} rows written"
     )
+    print()
+    for label, _, cli_s in results:
+        verdict = "ok" if cli_s <= 1.0 else "missed"
+        print(f"{verdict}: modelforge {label} on {rows:,} rows in {cli_s:.3f} s (target ≤ 1 s)")
+    verdict = "ok" if export_kib <= 100 * 1024 else "missed"
+    print(f"{verdict}: usage export peak RSS {export_kib / 1024:.0f} MB (target ≤ 100 MB)")
 
 
 if __name__ == "__main__":
