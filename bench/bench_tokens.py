@@ -90,7 +90,7 @@ def corpora() -> dict[str, str]:
         p.read_text(encoding="utf-8") for p in sorted((REPO / "src" / "modelforge").rglob("*.py"))
     )
     return {
-        "English prose (docs/*.md)": docs,
+        "Markdown (docs/*.md)": docs,
         "Python (src/modelforge)": code,
         "the bench chat": "\n".join(m["content"] for m in chat(TARGET_TOKENS)),
     }

@@ -50,8 +50,7 @@ _ANTHROPIC_TOOL_PROMPTS = (
     ("claude-3-haiku", 264),
     ("claude-3-5-haiku", 264),
 )
-# 1 token per 4 characters: the fallback when no tiktoken encoding is on disk (and
-# Google's own rule of thumb for Gemini).
+# 1 token per 4 characters: the fallback when no tiktoken encoding is on disk.
 CHARS_PER_TOKEN = 4
 
 
@@ -70,7 +69,7 @@ _FOUR_O_IMAGES = TileRule(base=85, tile=170)
 # Most specific first: a model id takes the first family whose pattern matches.
 _OPENAI_FAMILIES = (
     (re.compile(r"gpt-4o-mini"), _Family("o200k_base", 7, TileRule(2833, 5667), True)),
-    (re.compile(r"(chatgpt-)?gpt-4o|chatgpt-4o"), _Family("o200k_base", 7, _FOUR_O_IMAGES, True)),
+    (re.compile(r"gpt-4o|chatgpt-4o"), _Family("o200k_base", 7, _FOUR_O_IMAGES, True)),
     (re.compile(r"gpt-3\.5-turbo"), _Family("cl100k_base", 10, None, True)),
     # gpt-4.1-mini and -nano bill images by 32 px patches, not tiles.
     (re.compile(r"gpt-4\.1-(mini|nano)"), _Family("o200k_base", 7, None, False)),
