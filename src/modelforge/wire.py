@@ -426,8 +426,13 @@ _POST_ROUTES: dict[str, Route] = {
 # Gemini names the model in the path: /v1beta/models/{model}:{method}.
 _GEMINI_PATH = re.compile(r"^/v1beta/models/(?P<model>[^/:]+):(?P<method>\w+)$")
 _GEMINI_ROUTES: dict[str, Route] = {"countTokens": _gemini_count_tokens}
-_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-                  404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED"}  # fmt: skip
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+}
 _MODEL_IDS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5-20250929")
 
 
