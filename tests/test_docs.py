@@ -105,6 +105,7 @@ def _run(lang: str, body: str, n: int, cwd: Path, env: dict[str, str]) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_getting_started_blocks_run_as_written(tmp_path: Path, user_dirs: Path) -> None:
     blocks = fenced_blocks("index.md")
     languages = {lang for lang, _ in blocks}

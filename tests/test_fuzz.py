@@ -18,9 +18,9 @@ provider shape has, which ones win, and how they add up):
 3. The same for LlamaIndex's `UsageEventHandler` fed junk `ChatResponse`s.
 4. Records persisted to SQLite read back consistent and equal to what the session saw.
 
-The default run makes 10,200 examples in all (6,000 + 2,000 + 2,000 + 200). Each test
-has a `_slow` twin with 10x the examples, skipped unless MODELFORGE_SLOW_TESTS=1
-(`MODELFORGE_SLOW_TESTS=1 .ci/run`). A failure prints the falsifying example and a
+The default run makes 2,100 examples in all (1,200 + 400 + 400 + 100). Each test has a
+`_slow` twin with 50x (the last 20x) the examples, marked `slow`: `python -m pytest -m slow`
+runs them, as CI does in a step of its own. A failure prints the falsifying example and a
 `@reproduce_failure` blob; hypothesis' example database replays it on the next run.
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import threading
 import time
@@ -71,8 +70,6 @@ from modelforge.usage import (
 )
 from row_checks import COUNT_COLUMNS, assert_row_consistent
 
-SLOW = os.environ.get("MODELFORGE_SLOW_TESTS") == "1"
-
 INPUT_PARTS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens")
 ANTHROPIC_NOTE = "anthropic usage has no cache counts; cache tokens unknown"
 ANTHROPIC_CACHE_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
@@ -93,9 +90,8 @@ def fuzz(examples: int) -> Callable[[Any], Any]:
 
 
 def slow(test: Any) -> Any:
-    """The long, nightly-style variant of a test."""
-    skip = pytest.mark.skipif(not SLOW, reason="long variant: set MODELFORGE_SLOW_TESTS=1")
-    return pytest.mark.slow(skip(test))
+    """The long, nightly-style variant of a test (`python -m pytest -m slow`)."""
+    return pytest.mark.slow(test)
 
 
 # --- strategies ------------------------------------------------------------------------
@@ -714,7 +710,7 @@ def test_extractors_survive_cycles_and_proxies() -> None:
             assert_consistent(extractor(payload))
 
 
-@fuzz(6_000)
+@fuzz(1_200)
 @given(payload=extractor_payloads, tier=tiers)
 def test_extractors_never_raise_and_describe_every_anomaly(payload: Any, tier: Any) -> None:
     check_extractors(payload, tier)
@@ -903,7 +899,7 @@ def check_langchain(case: LangChainCase, persist: bool = False) -> CallRecord:
     return record
 
 
-@fuzz(2_000)
+@fuzz(400)
 @given(case=langchain_cases)
 def test_langchain_handler_survives_junk_results(case: LangChainCase) -> None:
     check_langchain(case)
@@ -1080,7 +1076,7 @@ def check_llamaindex(case: LlamaIndexCase, persist: bool = False) -> CallRecord:
     return record
 
 
-@fuzz(2_000)
+@fuzz(400)
 @given(case=llamaindex_cases)
 def test_llamaindex_handler_survives_junk_responses(case: LlamaIndexCase) -> None:
     check_llamaindex(case)
@@ -1140,7 +1136,7 @@ def check_persisted(lc_case: LangChainCase, li_case: LlamaIndexCase, db_path: Pa
         assert row["estimated"] == int(usage.estimated)
 
 
-@fuzz(200)
+@fuzz(100)
 @given(lc_case=langchain_cases, li_case=llamaindex_cases)
 def test_persisted_rows_stay_consistent(
     lc_case: LangChainCase, li_case: LlamaIndexCase, db_path: Path

@@ -114,6 +114,7 @@ def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> int:
 # --- concurrency ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_processes_and_threads_write_one_file_without_loss(tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
     calls = 5_000  # the full size: 80,000 rows, ~8 s here
@@ -244,7 +245,11 @@ def test_full_disk_holds_then_drops_and_resumes(
     assert "MODELFORGE_DB=" in caplog.text  # the warning names the setting
 
     _remount(tiny_fs, "size=16m")
-    assert _wait_flushed()
+    # Records were dropped, so flush() stays False for good; wait for the rest instead.
+    deadline = time.monotonic() + 15
+    while modelforge.stats()["pending"] and time.monotonic() < deadline:
+        modelforge.flush(timeout=2)
+    assert modelforge.flush(timeout=2) is False
     assert modelforge.stats()["pending"] == 0
     assert _warnings(caplog, "is writable again") == 1
     written = _rows(path)

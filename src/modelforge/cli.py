@@ -146,7 +146,7 @@ def _open_log(db: Path | None) -> Any:
 
 
 def _money(amount: Decimal | None) -> str:
-    from modelforge.store import money_text
+    from modelforge.money import money_text
 
     return "—" if amount is None else f"${money_text(amount)}"
 
@@ -193,6 +193,12 @@ def main() -> None:
 @output_options
 @click.option("--chart", is_flag=True, help="Draw cost per period as a terminal bar chart.")
 @click.option(
+    "--billed",
+    is_flag=True,
+    help="Show what the providers billed (fetched by `modelforge reconcile`) beside each "
+    "day's computed cost; implies --by day.",
+)
+@click.option(
     "--png",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the cost chart to a PNG file (needs matplotlib).",
@@ -214,6 +220,7 @@ def usage(
     as_json: bool,
     as_csv: bool,
     chart: bool,
+    billed: bool,
     png: Path | None,
     db: Path | None,
 ) -> None:
@@ -227,6 +234,7 @@ def usage(
       modelforge usage --since 7d
       modelforge usage --by day --by model --format json
       modelforge usage --by agent --where project=search --chart
+      modelforge usage --since 30d --billed
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -234,13 +242,18 @@ def usage(
 
     fmt = _pick_format(fmt, as_json, as_csv)
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
+    group_by = group_by or (("day",) if billed else ())
     groups = report.check_groups(group_by)
+    if billed:
+        report.check_billed(groups, filters)
     conn = _open_log(db)
     if conn is None:
         click.echo(f"No usage recorded yet (looked for {config.default_db_path()}).", err=True)
         click.echo("Run `modelforge demo` to see a report, or record calls first.", err=True)
         return
     result = report.usage_report(conn, group_by, filters)
+    if billed:
+        result = report.add_billed(conn, result, filters)
     _print_report(result, fmt)
     if chart or png:
         period = next((g for g in groups if g in report.TIME_GROUPS), "day")
@@ -265,10 +278,12 @@ _REPORT_COLUMNS = (
     ("estimated_calls", "Estimated"),
     ("unpriced_calls", "Unpriced"),
 )
+_BILLED_COLUMN = (("billed_usd", "Billed (USD)"),)
 
 
 def _print_report(result: Any, fmt: str) -> None:
     keys = [g.removeprefix("attr:") for g in result.group_by]
+    columns = _REPORT_COLUMNS + (_BILLED_COLUMN if "billed_usd" in result.totals else ())
     if fmt == "json":
         click.echo(json.dumps(result.as_json(), indent=2))
         return
@@ -276,18 +291,18 @@ def _print_report(result: Any, fmt: str) -> None:
     labels = [{k: ("TOTAL" if i == 0 else "") for i, k in enumerate(keys)}] if keys else [{}]
     if fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(keys + [c for c, _ in _REPORT_COLUMNS])
+        writer.writerow(keys + [c for c, _ in columns])
         for n, row in enumerate(rows):
             last = n == len(rows) - 1
             key_cells = [labels[0][k] if last else _cell(row[k]) for k in keys]
-            writer.writerow(key_cells + [_cell(row[c]) for c, _ in _REPORT_COLUMNS])
+            writer.writerow(key_cells + [_cell(row[c]) for c, _ in columns])
         return
-    header = [k.capitalize() for k in keys] + [title for _, title in _REPORT_COLUMNS]
+    header = [k.capitalize() for k in keys] + [title for _, title in columns]
     body = []
     for n, row in enumerate(rows):
         last = n == len(rows) - 1
         key_cells = [labels[0][k] if last else _cell(row[k]) for k in keys]
-        body.append(key_cells + [_display(c, row[c]) for c, _ in _REPORT_COLUMNS])
+        body.append(key_cells + [_display(c, row[c]) for c, _ in columns])
     if fmt == "markdown":
         click.echo(_markdown(header, body))
     else:
@@ -317,7 +332,7 @@ def _cell(value: Any) -> str:
 
 
 def _display(column: str, value: Any) -> str:
-    if column == "cost_usd":
+    if column in ("cost_usd", "billed_usd"):
         return _money(value)
     if column == "cache_hit_rate":
         return f"{value:.1%}"
@@ -892,6 +907,86 @@ def telemetry_status() -> None:
     click.echo(f"Log size:  {size:,} bytes, {info.rows:,} call(s)")
     if info.rows:
         click.echo(f"Range:     {info.first_ts} … {info.last_ts}")
+
+
+# --- reconcile ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--provider", type=click.Choice(["openai", "anthropic"]), required=True, help="Whose billing."
+)
+@click.option(
+    "--since", default="30d", show_default=True, help="First UTC day: 30d, 2026-11-01 or ISO time."
+)
+@click.option("--until", help="Up to this UTC day, not included (default: through today).")
+@click.option(
+    "--by",
+    type=click.Choice(["day", "model"]),
+    default="day",
+    show_default=True,
+    help="day: a row per UTC day and model; model: a row per model over the range.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Output JSON (schema modelforge.reconcile/1)."
+)
+@click.option(
+    "--base-url",
+    help="Admin API base URL (default: MODELFORGE_OPENAI_ADMIN_URL or "
+    "MODELFORGE_ANTHROPIC_ADMIN_URL, else the provider's API).",
+)
+@db_option
+@handle_errors
+def reconcile(
+    provider: str,
+    since: str,
+    until: str | None,
+    by: str,
+    as_json: bool,
+    base_url: str | None,
+    db: Path | None,
+) -> None:
+    """Compare the log's computed costs with what the provider billed.
+
+    Fetches the provider's cost and usage reports (Admin API key from OPENAI_ADMIN_KEY
+    or ANTHROPIC_ADMIN_KEY), stores them in the log's `billed` table, and lists billed
+    against logged per UTC day and model. Rows that cannot match (days still inside
+    the provider's reporting delay, models never logged, unpriced calls, batch and
+    priority tiers) are explained and left out of the agreement figure.
+
+    \b
+    Examples:
+      export OPENAI_ADMIN_KEY=sk-admin-...
+      modelforge reconcile --provider openai
+      modelforge reconcile --provider anthropic --since 2026-11-01 --until 2026-12-01
+      modelforge reconcile --provider openai --by model --json
+    """
+    from modelforge.reconcile import reconcile as run_reconcile
+
+    result = run_reconcile(provider, since, until, by=by, db=db, base_url=base_url)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+        return
+    from rich.table import Table
+
+    table = Table()
+    titles = (["Day"] if by == "day" else []) + ["Model", "Tier", "Billed", "Logged", "Diff"]
+    for title in [*titles, "Diff %", "Verdict"]:
+        table.add_column(
+            title, justify="right" if title.startswith(("Billed", "Logged", "Diff")) else "left"
+        )
+    for row in result.rows:
+        pct = "—" if row.diff_pct is None else f"{row.diff_pct:+.2f}%"
+        cells = [row.day] if by == "day" else []
+        cells += [row.model or "(not a model)", row.service_tier, _money(row.billed_usd)]
+        diff = row.diff_usd
+        diff_text = f"-{_money(-diff)}" if diff is not None and diff < 0 else _money(diff)
+        cells += [_money(row.logged_usd), diff_text, pct, row.verdict]
+        table.add_row(*cells)
+    _console().print(table)
+    for note in result.notes():
+        click.echo(f"  {note}")
+    click.echo(result.agreement.line())
 
 
 # --- demo -----------------------------------------------------------------------------

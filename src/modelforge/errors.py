@@ -54,6 +54,21 @@ class PriceUpdateError(ModelForgeError):
     """Refreshing the models.dev catalog failed; the previous cache is kept."""
 
 
+class ReconcileError(ModelForgeError):
+    """Reconciling with a provider's billing failed; nothing partial is shown or stored.
+
+    Messages never contain the admin key.
+    """
+
+
+class BillingAPIError(ReconcileError):
+    """A billing (Admin) API answered with an error, or kept failing past the retry budget."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
 class ContextWindowExceededError(ModelForgeError):
     """A prompt (plus the output it may ask for) does not fit the model's context window.
 

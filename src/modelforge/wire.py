@@ -4,7 +4,9 @@ token counting).
 The real SDK clients (``openai``, ``anthropic``, LangChain and LlamaIndex
 wrappers) can be pointed at :class:`WireServer` so tests, notebooks and
 ``modelforge demo`` exercise genuine client parsing without network access
-or API keys. Standard library only, so it can ship inside the package.
+or API keys. It also answers the providers' billing (Admin) APIs with scripted
+figures, for ``modelforge reconcile``. Standard library only, so it can ship inside
+the package.
 """
 
 from __future__ import annotations
@@ -20,13 +22,27 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["DEFAULT_TEXT", "Reply", "WireServer"]
+__all__ = [
+    "ANTHROPIC_COST_REPORT",
+    "ANTHROPIC_USAGE_REPORT",
+    "DEFAULT_TEXT",
+    "OPENAI_COSTS",
+    "OPENAI_USAGE_COMPLETIONS",
+    "BillingFailure",
+    "Reply",
+    "WireServer",
+    "anthropic_cost",
+    "anthropic_usage",
+    "openai_cost",
+    "openai_usage",
+]
 
 JSON = dict[str, Any]
 # One server-sent event: (``event:`` name or None, ``data:`` payload, JSON-encoded unless str).
@@ -436,16 +452,24 @@ _GOOGLE_STATUS = {
 _MODEL_IDS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5-20250929")
 
 
-def _error_body(style: str, status: int, message: str) -> JSON:
-    """An error in the `openai`, `anthropic` or `google` API's shape."""
-    if style == "google":
-        kind = _GOOGLE_STATUS.get(status, "INTERNAL")
-        return {"error": {"code": status, "message": message, "status": kind}}
-    if style == "anthropic":
+def _error_body(anthropic: bool, status: int, message: str) -> JSON:
+    if anthropic:
         kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
     kind = "server_error" if status >= 500 else "invalid_request_error"
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def _google_error_body(status: int, message: str) -> JSON:
+    kind = _GOOGLE_STATUS.get(status, "INTERNAL")
+    return {"error": {"code": status, "message": message, "status": kind}}
+
+
+def _styled_error_body(style: str, status: int, message: str) -> JSON:
+    """An error in the `openai`, `anthropic` or `google` API's shape."""
+    if style == "google":
+        return _google_error_body(status, message)
+    return _error_body(style == "anthropic", status, message)
 
 
 def _models_listing(anthropic: bool) -> JSON:
@@ -467,6 +491,221 @@ def _post_route(path: str) -> tuple[Route | None, str, str | None]:
     return _POST_ROUTES.get(path), style, None
 
 
+# --------------------------------------------------------------------------- billing (Admin APIs)
+
+OPENAI_COSTS = "/v1/organization/costs"
+OPENAI_USAGE_COMPLETIONS = "/v1/organization/usage/completions"
+ANTHROPIC_COST_REPORT = "/v1/organizations/cost_report"
+ANTHROPIC_USAGE_REPORT = "/v1/organizations/usage_report/messages"
+# The largest `limit` (daily buckets per page) each endpoint documents.
+_BILLING_LIMITS = {
+    OPENAI_COSTS: 180,
+    OPENAI_USAGE_COMPLETIONS: 31,
+    ANTHROPIC_COST_REPORT: 31,
+    ANTHROPIC_USAGE_REPORT: 31,
+}
+_DAY = timedelta(days=1)
+_JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+# A string holding this marker around a number is sent as the bare number.
+_BARE = "\x00"
+_BARE_IN_JSON = re.compile(r'"\\u0000([^"\\]*)\\u0000"')
+
+
+@dataclass
+class BillingFailure:
+    """A scripted billing-API error, served to the next billing GET instead of its data."""
+
+    status: int
+    retry_after: str | None = None
+    message: str = "Scripted failure."
+
+
+def _bare_number(text: str) -> str:
+    if not _JSON_NUMBER.fullmatch(text):
+        raise ValueError(f"not a JSON number: {text!r}")
+    return f"{_BARE}{text}{_BARE}"
+
+
+def openai_cost(line_item: str | None, usd: str, *, project_id: str | None = None) -> JSON:
+    """One `/v1/organization/costs` result; `usd` is sent verbatim as a bare JSON number."""
+    return {
+        "object": "organization.costs.result",
+        "amount": {"value": _bare_number(usd), "currency": "usd"},
+        "line_item": line_item,
+        "project_id": project_id,
+    }
+
+
+def openai_usage(
+    model: str | None,
+    *,
+    input_tokens: int = 0,
+    input_cached_tokens: int = 0,
+    output_tokens: int = 0,
+    num_model_requests: int = 1,
+    batch: bool | None = None,
+) -> JSON:
+    """One `/v1/organization/usage/completions` result (`input_tokens` includes cached)."""
+    return {
+        "object": "organization.usage.completions.result",
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "input_cached_tokens": input_cached_tokens,
+        "input_audio_tokens": 0,
+        "output_audio_tokens": 0,
+        "num_model_requests": num_model_requests,
+        "project_id": None,
+        "user_id": None,
+        "api_key_id": None,
+        "model": model,
+        "batch": batch,
+    }
+
+
+def anthropic_cost(
+    description: str,
+    cents: str,
+    *,
+    model: str | None = None,
+    token_type: str | None = None,
+    service_tier: str = "standard",
+    cost_type: str = "tokens",
+    context_window: str = "0-200k",
+) -> JSON:
+    """One `/v1/organizations/cost_report` item; `cents` is a decimal string in cents."""
+    token_cost = model is not None
+    return {
+        "amount": cents,
+        "context_window": context_window if token_cost else None,
+        "cost_type": cost_type,
+        "currency": "USD",
+        "description": description,
+        "model": model,
+        "service_tier": service_tier if token_cost else None,
+        "token_type": token_type,
+        "workspace_id": None,
+    }
+
+
+def anthropic_usage(
+    model: str | None,
+    *,
+    uncached_input_tokens: int = 0,
+    cache_read_input_tokens: int = 0,
+    cache_creation_5m: int = 0,
+    cache_creation_1h: int = 0,
+    output_tokens: int = 0,
+    service_tier: str | None = "standard",
+) -> JSON:
+    """One `/v1/organizations/usage_report/messages` item."""
+    return {
+        "api_key_id": None,
+        "cache_creation": {
+            "ephemeral_1h_input_tokens": cache_creation_1h,
+            "ephemeral_5m_input_tokens": cache_creation_5m,
+        },
+        "cache_read_input_tokens": cache_read_input_tokens,
+        "context_window": None,
+        "model": model,
+        "output_tokens": output_tokens,
+        "server_tool_use": {"web_search_requests": 0},
+        "service_tier": service_tier,
+        "uncached_input_tokens": uncached_input_tokens,
+        "workspace_id": None,
+    }
+
+
+@dataclass
+class _Billing:
+    """Scripted Admin API data: results per endpoint and UTC day, page sizes, failures."""
+
+    results: dict[str, dict[str, list[JSON]]] = field(default_factory=dict)
+    page_size: dict[str, int] = field(default_factory=dict)
+    failures: list[BillingFailure] = field(default_factory=list)
+    key: str | None = None
+    lose_next_page: set[str] = field(default_factory=set)
+
+
+def _billing_json(payload: JSON) -> bytes:
+    return _BARE_IN_JSON.sub(r"\1", json.dumps(payload)).encode()
+
+
+def _first(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None
+
+
+def _billing_window(anthropic: bool, query: Mapping[str, list[str]], limit: int) -> list[date]:
+    """The UTC days asked for: buckets start on or after the start, before the end."""
+    if anthropic:
+        start_text, end_text = _first(query, "starting_at"), _first(query, "ending_at")
+        start = datetime.fromisoformat(str(start_text).replace("Z", "+00:00"))
+        end = datetime.fromisoformat(end_text.replace("Z", "+00:00")) if end_text else None
+    else:
+        start = datetime.fromtimestamp(int(str(_first(query, "start_time"))), timezone.utc)
+        end_time = _first(query, "end_time")
+        end = datetime.fromtimestamp(int(end_time), timezone.utc) if end_time else None
+    first = start.astimezone(timezone.utc).date()
+    if end is None:
+        return [first + n * _DAY for n in range(limit)]
+    last = end.astimezone(timezone.utc)
+    days = (last.date() - first).days + (1 if last.time() != datetime.min.time() else 0)
+    return [first + n * _DAY for n in range(max(days, 0))]
+
+
+def _billing_bucket(anthropic: bool, day: date, results: list[JSON]) -> JSON:
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    if anthropic:
+        stamp = "%Y-%m-%dT%H:%M:%SZ"
+        return {
+            "starting_at": start.strftime(stamp),
+            "ending_at": (start + _DAY).strftime(stamp),
+            "results": results,
+        }
+    begin = int(start.timestamp())
+    return {"object": "bucket", "start_time": begin, "end_time": begin + 86400, "results": results}
+
+
+def _billing_reply(
+    billing: _Billing, path: str, query: Mapping[str, list[str]], headers: Mapping[str, str]
+) -> tuple[int, JSON, dict[str, str]]:
+    """Status, body and extra headers for one Admin API GET, in that provider's shape."""
+    anthropic = path.startswith("/v1/organizations/")
+    if anthropic:
+        presented = headers.get("x-api-key", "")
+    else:
+        presented = headers.get("authorization", "").removeprefix("Bearer ")
+    if not presented or (anthropic and "anthropic-version" not in headers):
+        return 401, _error_body(anthropic, 401, "Missing admin API key."), {}
+    if billing.key is not None and presented != billing.key:
+        # Some APIs quote the rejected key back; a client must never pass that on.
+        return 401, _error_body(anthropic, 401, f"Incorrect API key provided: {presented}."), {}
+    if billing.failures:
+        failure = billing.failures.pop(0)
+        extra = {} if failure.retry_after is None else {"retry-after": failure.retry_after}
+        return failure.status, _error_body(anthropic, failure.status, failure.message), extra
+    try:
+        limit = int(_first(query, "limit") or 7)
+        page = _first(query, "page")
+        offset = int(base64.b64decode(page.removeprefix("page_")).decode()) if page else 0
+        days = _billing_window(anthropic, query, limit)
+    except (TypeError, ValueError):
+        return 400, _error_body(anthropic, 400, "Invalid query parameters."), {}
+    if not 1 <= limit <= _BILLING_LIMITS[path]:
+        return 400, _error_body(anthropic, 400, f"limit must be 1 to {_BILLING_LIMITS[path]}."), {}
+    size = min(limit, billing.page_size.get(path, limit))
+    scripted = billing.results.get(path, {})
+    chunk = days[offset : offset + size]
+    has_more = offset + size < len(days)
+    token = base64.b64encode(str(offset + size).encode()).decode()
+    body: JSON = {
+        "data": [_billing_bucket(anthropic, d, scripted.get(d.isoformat(), [])) for d in chunk],
+        "has_more": has_more,
+        "next_page": f"page_{token}" if has_more and path not in billing.lose_next_page else None,
+    }
+    return 200, (body if anthropic else {"object": "page", **body}), {}
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -477,6 +716,7 @@ class _State:
         self.lock = threading.Lock()
         self.replies: list[Reply] = []
         self.requests: list[JSON] = []
+        self.billing = _Billing()
 
     def take(self, model: Any) -> Reply:
         with self.lock:
@@ -517,13 +757,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _state(self) -> _State:
         return cast(_HTTPServer, self.server).state
 
-    def _send_json(self, status: int, payload: JSON) -> None:
-        encoded = json.dumps(payload).encode()
+    def _send_json(
+        self, status: int, payload: JSON, encoded: bytes | None = None, **headers: str
+    ) -> None:
+        encoded = json.dumps(payload).encode() if encoded is None else encoded
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(encoded)))
         self.send_header("x-request-id", _new_id("req_"))
         self.send_header("request-id", _new_id("req_"))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
         self.end_headers()
         self.wfile.write(encoded)
 
@@ -545,15 +789,22 @@ class _Handler(BaseHTTPRequestHandler):
         return {key.lower(): value for key, value in self.headers.items()}
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path.rstrip("/")
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/")
+        query = parse_qs(url.query)
         headers = self._headers()
-        self._state.record({"method": "GET", "path": path, "body": None, "headers": headers})
+        self._state.record(
+            {"method": "GET", "path": path, "body": None, "headers": headers, "query": query}
+        )
         is_anthropic = "anthropic-version" in headers
-        if path == "/v1/models":
+        if path in _BILLING_LIMITS:
+            with self._state.lock:
+                status, payload, extra = _billing_reply(self._state.billing, path, query, headers)
+            self._send_json(status, payload, _billing_json(payload), **extra)
+        elif path == "/v1/models":
             self._send_json(200, _models_listing(is_anthropic))
         else:
-            style = "anthropic" if is_anthropic else "openai"
-            self._send_json(404, _error_body(style, 404, f"Unknown path {path}"))
+            self._send_json(404, _error_body(is_anthropic, 404, f"Unknown path {path}"))
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path.rstrip("/")
@@ -568,15 +819,17 @@ class _Handler(BaseHTTPRequestHandler):
         )
         route, style, path_model = _post_route(path)
         if route is None:
-            self._send_json(404, _error_body(style, 404, f"Unknown path {path}"))
+            self._send_json(404, _styled_error_body(style, 404, f"Unknown path {path}"))
             return
         if not isinstance(body, dict):
-            self._send_json(400, _error_body(style, 400, "Request body must be a JSON object."))
+            self._send_json(
+                400, _styled_error_body(style, 400, "Request body must be a JSON object.")
+            )
             return
         requested = path_model or body.get("model")
         reply = self._state.take(requested)
         if reply.status >= 400:
-            error = reply.error_body or _error_body(style, reply.status, "Scripted failure.")
+            error = reply.error_body or _styled_error_body(style, reply.status, "Scripted failure.")
             self._send_json(reply.status, error)
             return
         try:
@@ -584,7 +837,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
             # A request the real API would reject: answer 400 instead of dropping the socket.
             message = f"Malformed request ({type(error).__name__})."
-            self._send_json(400, _error_body(style, 400, message))
+            self._send_json(400, _styled_error_body(style, 400, message))
             return
         if isinstance(result, dict):
             self._send_json(reply.status, result)
@@ -672,8 +925,45 @@ class WireServer:
         with self._state.lock:
             return list(self._state.requests)
 
+    def set_billing(
+        self,
+        path: str,
+        results: Mapping[str, list[JSON]],
+        *,
+        page_size: int | None = None,
+        lose_next_page: bool = False,
+    ) -> None:
+        """Serve `results` (per UTC day, ``"2026-11-01"``) from the Admin API at `path`.
+
+        Every day asked for gets a bucket (empty unless scripted), `page_size` buckets a
+        page at most, like the real endpoints. Build results with :func:`openai_cost`,
+        :func:`openai_usage`, :func:`anthropic_cost` and :func:`anthropic_usage`.
+        `lose_next_page` breaks paging: pages say `has_more` but give no `next_page`.
+        """
+        if path not in _BILLING_LIMITS:
+            raise ValueError(f"not a billing endpoint: {path}")
+        with self._state.lock:
+            self._state.billing.results[path] = {day: list(rows) for day, rows in results.items()}
+            if page_size is not None:
+                self._state.billing.page_size[path] = page_size
+            if lose_next_page:
+                self._state.billing.lose_next_page.add(path)
+            else:
+                self._state.billing.lose_next_page.discard(path)
+
+    def fail_billing(self, *failures: BillingFailure) -> None:
+        """Answer the next billing GETs with these errors, in order, before any data."""
+        with self._state.lock:
+            self._state.billing.failures.extend(failures)
+
+    def require_billing_key(self, key: str | None) -> None:
+        """Accept only this admin key (None: any); a wrong one gets a 401 quoting it."""
+        with self._state.lock:
+            self._state.billing.key = key
+
     def reset(self) -> None:
-        """Forget queued replies and recorded requests."""
+        """Forget queued replies, recorded requests and scripted billing."""
         with self._state.lock:
             self._state.replies.clear()
             self._state.requests.clear()
+            self._state.billing = _Billing()
