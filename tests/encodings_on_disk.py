@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelforge.estimate import encoding_on_disk
+from modelforge.tokens import encoding_on_disk
 
 ENCODINGS_ON_DISK = all(encoding_on_disk(e) for e in ("o200k_base", "cl100k_base"))
 

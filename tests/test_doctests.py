@@ -14,6 +14,7 @@ MODULES = [
     "modelforge.session",
     "modelforge.integrations.langchain",
     "modelforge.integrations.llamaindex",
+    "modelforge.messages",
 ]
 
 

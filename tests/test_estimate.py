@@ -10,9 +10,10 @@ import pytest
 from langchain_openai import ChatOpenAI
 
 import modelforge
-from modelforge import estimate
-from modelforge.estimate import count_tokens, encoding_on_disk
+from modelforge import tokens
+from modelforge.estimate import count_tokens
 from modelforge.langchain import UsageCallbackHandler
+from modelforge.tokens import encoding_on_disk
 from modelforge.wire import WireServer
 from row_checks import assert_row_consistent
 
@@ -24,7 +25,7 @@ def no_encodings(
     # tiktoken reads TIKTOKEN_CACHE_DIR; an empty value turns its cache off.
     empty = str(tmp_path / "tiktoken-cache") if request.param == "empty cache dir" else ""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", empty)
-    monkeypatch.setattr(estimate, "_encoders", {})
+    monkeypatch.setattr(tokens, "_encoders", {})
 
 
 def test_count_tokens_without_encodings_is_chars_over_4(no_encodings: None) -> None:

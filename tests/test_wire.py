@@ -428,3 +428,35 @@ def test_llama_index_anthropic_chat_and_stream_chat(server: WireServer) -> None:
     # llama-index back-fills the delta's missing input_tokens from message_start.
     assert last.raw["usage"].input_tokens == 10
     assert last.raw["usage"].output_tokens == 7
+
+
+def test_gemini_count_tokens_in_the_documented_shapes(server: WireServer) -> None:
+    url = f"{server.gemini_base_url}/v1beta/models/gemini-2.5-flash:countTokens"
+    # Bare `contents`: the words of every part.
+    contents = [{"role": "user", "parts": [{"text": "one two"}, {"text": "three"}]}]
+    status, raw = _post_raw(url, {"contents": contents})
+    assert status == 200
+    assert json.loads(raw) == {
+        "totalTokens": 3,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 3}],
+    }
+    # A whole generateContentRequest: its system instruction counts too.
+    request = {"model": "models/gemini-2.5-flash", "contents": contents}
+    request["systemInstruction"] = {"parts": [{"text": "be brief"}]}
+    status, raw = _post_raw(url, {"generateContentRequest": request})
+    assert (status, json.loads(raw)["totalTokens"]) == (200, 5)
+    # A scripted count, matched by the model named in the path.
+    server.enqueue(Reply(usage={"totalTokens": 99}, match_model="gemini-2.5-flash"))
+    assert json.loads(_post_raw(url, {"contents": contents})[1])["totalTokens"] == 99
+
+
+def test_gemini_errors_use_googles_error_shape(server: WireServer) -> None:
+    server.enqueue(Reply(status=429))
+    url = f"{server.gemini_base_url}/v1beta/models/gemini-2.5-flash:countTokens"
+    status, raw = _post_raw(url, {"contents": []})
+    assert status == 429
+    assert json.loads(raw) == {
+        "error": {"code": 429, "message": "Scripted failure.", "status": "RESOURCE_EXHAUSTED"}
+    }
+    status, raw = _post_raw(f"{server.gemini_base_url}/v1beta/models/gemini-2.5-flash:nope", {})
+    assert (status, json.loads(raw)["error"]["status"]) == (404, "NOT_FOUND")

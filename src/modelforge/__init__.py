@@ -29,27 +29,43 @@ _EXPORTS = {
     "stats": "modelforge.store",
     "UsageLog": "modelforge.store",
     "UsageCallbackHandler": "modelforge.integrations.langchain",
+    "count_tokens": "modelforge.tokens",
+    "check_context": "modelforge.tokens",
+    "estimate_cost": "modelforge.tokens",
+    "TokenCount": "modelforge.tokens",
+    "ContextCheck": "modelforge.tokens",
+    "CostEstimate": "modelforge.tokens",
     "ModelForgeError": "modelforge.errors",
     "UnknownModelError": "modelforge.errors",
     "PriceTableError": "modelforge.errors",
     "ConfigError": "modelforge.errors",
     "UsageLogError": "modelforge.errors",
     "PriceUpdateError": "modelforge.errors",
+    "ContextWindowExceededError": "modelforge.errors",
+    "UnsupportedMessageError": "modelforge.errors",
 }
 
 __all__ = [
     "CallRecord",
     "ConfigError",
+    "ContextCheck",
+    "ContextWindowExceededError",
     "Cost",
+    "CostEstimate",
     "ModelForgeError",
     "PriceTableError",
     "PriceUpdateError",
+    "TokenCount",
     "UnknownModelError",
+    "UnsupportedMessageError",
     "Usage",
     "UsageCallbackHandler",
     "UsageLog",
     "UsageLogError",
     "UsageSession",
+    "check_context",
+    "count_tokens",
+    "estimate_cost",
     "extract_usage",
     "flush",
     "price",
@@ -60,10 +76,12 @@ __all__ = [
 if TYPE_CHECKING:
     from modelforge.errors import (
         ConfigError,
+        ContextWindowExceededError,
         ModelForgeError,
         PriceTableError,
         PriceUpdateError,
         UnknownModelError,
+        UnsupportedMessageError,
         UsageLogError,
     )
     from modelforge.integrations.langchain import UsageCallbackHandler
@@ -71,6 +89,14 @@ if TYPE_CHECKING:
     from modelforge.records import CallRecord
     from modelforge.session import UsageSession, track_usage
     from modelforge.store import UsageLog, flush, stats
+    from modelforge.tokens import (
+        ContextCheck,
+        CostEstimate,
+        TokenCount,
+        check_context,
+        count_tokens,
+        estimate_cost,
+    )
     from modelforge.usage import Usage, extract_usage
 
 

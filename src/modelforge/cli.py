@@ -762,6 +762,91 @@ def prices_estimate(
         click.echo(f"  notes: {', '.join(cost.flags)}")
 
 
+# --- tokens ---------------------------------------------------------------------------
+
+
+@cli.group()
+def tokens() -> None:
+    """Count a prompt's tokens before you send it."""
+
+
+@tokens.command("count")
+@click.argument("prompt", type=click.File("r", encoding="utf-8"), default="-")
+@click.option("--model", required=True, help="Model id, e.g. gpt-4o or claude-sonnet-4-5.")
+@click.option(
+    "--tools",
+    "tools_file",
+    type=click.File("r", encoding="utf-8"),
+    help="JSON file of tool definitions (a list, or an object with 'tools').",
+)
+@click.option(
+    "--max-output",
+    "max_output",
+    type=click.IntRange(min=0),
+    help="Output tokens to reserve in the context window (and price as the upper bound).",
+)
+@click.option(
+    "--online", is_flag=True, help="Ask Anthropic or Gemini to count (needs their API key)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@handle_errors
+def tokens_count(
+    prompt: Any,
+    model: str,
+    tools_file: Any,
+    max_output: int | None,
+    online: bool,
+    as_json: bool,
+) -> None:
+    """Count the tokens of PROMPT (a file, or - for stdin) for MODEL.
+
+    PROMPT is a JSON list of chat messages (OpenAI format), a request body with
+    "messages" (and "tools"), or plain text, counted as one user message. Prints the
+    tokens and how they were counted (exact, estimate or provider), the share of the
+    context window they use, and what they cost at the current input price.
+
+    \b
+    Examples:
+      modelforge tokens count --model gpt-4o messages.json
+      modelforge tokens count --model gpt-4o --tools tools.json --json messages.json
+      echo "How far is the Moon?" | modelforge tokens count --model claude-sonnet-4-5
+      modelforge tokens count --model gpt-4o-mini --max-output 800 request.json
+    """
+    from modelforge.messages import parse_prompt, parse_tools
+    from modelforge.tokens import prompt_report
+
+    messages, tools = parse_prompt(prompt.read())
+    if tools_file is not None:
+        tools = parse_tools(tools_file.read())
+    report = prompt_report(model, messages, tools, max_output, online)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+        return
+    count, context, cost = report.count, report.context, report.cost
+    how = count.method + (f", {count.encoding}" if count.encoding else "")
+    click.echo(f"{model}: {count.tokens:,} tokens ({how})")
+    for note in count.notes:
+        click.echo(f"  note: {note}")
+    if context.limit is None:
+        click.echo("context: limit unknown")
+    else:
+        reserved = f" + {max_output:,} output" if max_output else ""
+        verdict = "fits" if context.fits else "does NOT fit"
+        click.echo(
+            f"context: {count.tokens:,}{reserved} of {context.limit:,} tokens "
+            f"({context.utilization:.2%} used by the prompt); {verdict}"
+        )
+    if cost.input_cost is None:
+        click.echo("input cost: unpriced model")
+        return
+    click.echo(f"input cost: {_money(cost.input_cost)} at ${cost.input_price} per 1M tokens")
+    if cost.max_cost is not None:
+        limit = "" if max_output is not None else " (the model's output limit)"
+        click.echo(
+            f"with {cost.max_output_tokens:,} output tokens{limit}: up to {_money(cost.max_cost)}"
+        )
+
+
 # --- telemetry ------------------------------------------------------------------------
 
 

@@ -69,6 +69,28 @@ class BillingAPIError(ReconcileError):
         super().__init__(message)
 
 
+class ContextWindowExceededError(ModelForgeError):
+    """A prompt (plus the output it may ask for) does not fit the model's context window.
+
+    Raised on purpose, before a request is sent: like a budget block, a deliberate
+    exception to "never break the user's call".
+    """
+
+    def __init__(self, model: str, used: int, limit: int, max_output_tokens: int = 0) -> None:
+        self.model = model
+        self.used = used
+        self.limit = limit
+        self.max_output_tokens = max_output_tokens
+        wanted = f"{used:,} prompt tokens"
+        if max_output_tokens:
+            wanted += f" + {max_output_tokens:,} max output tokens"
+        super().__init__(f"{model}: {wanted} exceed its context window of {limit:,} tokens")
+
+
+class UnsupportedMessageError(ModelForgeError, TypeError):
+    """A message or tool definition is in no shape model-forge can count."""
+
+
 def missing_extra(exc: ModuleNotFoundError, extra: str) -> ModuleNotFoundError:
     """`exc` for a framework that is not installed, naming the extra that installs it."""
     return ModuleNotFoundError(

@@ -1,4 +1,5 @@
-"""Loopback HTTP server speaking the OpenAI and Anthropic wire formats.
+"""Loopback HTTP server speaking the OpenAI and Anthropic wire formats (and Gemini's
+token counting).
 
 The real SDK clients (``openai``, ``anthropic``, LangChain and LlamaIndex
 wrappers) can be pointed at :class:`WireServer` so tests, notebooks and
@@ -393,7 +394,40 @@ def _messages(body: JSON, reply: Reply, model: str) -> JSON | list[Event]:
 def _count_tokens(body: JSON, reply: Reply, model: str) -> JSON:
     if reply.usage is not None and "input_tokens" in reply.usage:
         return {"input_tokens": reply.usage["input_tokens"]}
-    return {"input_tokens": _anthropic_prompt_tokens(body)}
+    tools = body.get("tools") or []
+    words = sum(_words(json.dumps(tool)) for tool in tools)
+    return {"input_tokens": _anthropic_prompt_tokens(body) + words}
+
+
+# --------------------------------------------------------------------------- Gemini
+
+
+def _gemini_count_tokens(body: JSON, reply: Reply, model: str) -> JSON:
+    """`models/{model}:countTokens`: `contents`, or a whole `generateContentRequest`."""
+    if reply.usage is not None and "totalTokens" in reply.usage:
+        total = reply.usage["totalTokens"]
+    else:
+        request = body.get("generateContentRequest") or body
+        system = request.get("systemInstruction")
+        contents = [*([system] if system else []), *(request.get("contents") or [])]
+        total = sum(_words(_gemini_text(content)) for content in contents)
+        total += sum(_words(json.dumps(tool)) for tool in request.get("tools") or [])
+    return {
+        "totalTokens": total,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}],
+    }
+
+
+def _gemini_text(content: Any) -> str:
+    parts = content.get("parts") or [] if isinstance(content, dict) else []
+    texts = []
+    for part in parts:
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        for key in ("functionCall", "functionResponse"):
+            if key in part:
+                texts.append(json.dumps(part[key]))
+    return " ".join(texts)
 
 
 Route = Callable[[JSON, Reply, str], "JSON | list[Event]"]
@@ -404,6 +438,16 @@ _POST_ROUTES: dict[str, Route] = {
     "/v1/responses": _responses,
     "/v1/messages": _messages,
     "/v1/messages/count_tokens": _count_tokens,
+}
+# Gemini names the model in the path: /v1beta/models/{model}:{method}.
+_GEMINI_PATH = re.compile(r"^/v1beta/models/(?P<model>[^/:]+):(?P<method>\w+)$")
+_GEMINI_ROUTES: dict[str, Route] = {"countTokens": _gemini_count_tokens}
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
 }
 _MODEL_IDS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5-20250929")
 
@@ -416,6 +460,18 @@ def _error_body(anthropic: bool, status: int, message: str) -> JSON:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
+def _google_error_body(status: int, message: str) -> JSON:
+    kind = _GOOGLE_STATUS.get(status, "INTERNAL")
+    return {"error": {"code": status, "message": message, "status": kind}}
+
+
+def _styled_error_body(style: str, status: int, message: str) -> JSON:
+    """An error in the `openai`, `anthropic` or `google` API's shape."""
+    if style == "google":
+        return _google_error_body(status, message)
+    return _error_body(style == "anthropic", status, message)
+
+
 def _models_listing(anthropic: bool) -> JSON:
     ids = _MODEL_IDS
     if anthropic:
@@ -424,6 +480,15 @@ def _models_listing(anthropic: bool) -> JSON:
         return {"data": data, "has_more": False, "first_id": ids[0], "last_id": ids[-1]}
     models = [{"id": m, "object": "model", "created": 0, "owned_by": "model-forge"} for m in ids]
     return {"object": "list", "data": models}
+
+
+def _post_route(path: str) -> tuple[Route | None, str, str | None]:
+    """The route for a POST path, the API's error style, and a model named in the path."""
+    gemini = _GEMINI_PATH.match(path)
+    if gemini:
+        return _GEMINI_ROUTES.get(gemini["method"]), "google", gemini["model"]
+    style = "anthropic" if path.startswith("/v1/messages") else "openai"
+    return _POST_ROUTES.get(path), style, None
 
 
 # --------------------------------------------------------------------------- billing (Admin APIs)
@@ -752,27 +817,27 @@ class _Handler(BaseHTTPRequestHandler):
         self._state.record(
             {"method": "POST", "path": path, "body": body, "headers": self._headers()}
         )
-        is_anthropic = path.startswith("/v1/messages")
-        route = _POST_ROUTES.get(path)
+        route, style, path_model = _post_route(path)
         if route is None:
-            self._send_json(404, _error_body(is_anthropic, 404, f"Unknown path {path}"))
+            self._send_json(404, _styled_error_body(style, 404, f"Unknown path {path}"))
             return
         if not isinstance(body, dict):
             self._send_json(
-                400, _error_body(is_anthropic, 400, "Request body must be a JSON object.")
+                400, _styled_error_body(style, 400, "Request body must be a JSON object.")
             )
             return
-        reply = self._state.take(body.get("model"))
+        requested = path_model or body.get("model")
+        reply = self._state.take(requested)
         if reply.status >= 400:
-            error = reply.error_body or _error_body(is_anthropic, reply.status, "Scripted failure.")
+            error = reply.error_body or _styled_error_body(style, reply.status, "Scripted failure.")
             self._send_json(reply.status, error)
             return
         try:
-            result = route(body, reply, reply.model or str(body.get("model") or "unknown-model"))
+            result = route(body, reply, reply.model or str(requested or "unknown-model"))
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
             # A request the real API would reject: answer 400 instead of dropping the socket.
             message = f"Malformed request ({type(error).__name__})."
-            self._send_json(400, _error_body(is_anthropic, 400, message))
+            self._send_json(400, _styled_error_body(style, 400, message))
             return
         if isinstance(result, dict):
             self._send_json(reply.status, result)
@@ -836,6 +901,11 @@ class WireServer:
     @property
     def anthropic_base_url(self) -> str:
         # The Anthropic SDK appends /v1/messages itself.
+        return self.base_url
+
+    @property
+    def gemini_base_url(self) -> str:
+        # Gemini clients append /v1beta/models/{model}:{method} themselves.
         return self.base_url
 
     def enqueue(self, *replies: Reply) -> None:
