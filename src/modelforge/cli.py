@@ -146,7 +146,7 @@ def _open_log(db: Path | None) -> Any:
 
 
 def _money(amount: Decimal | None) -> str:
-    from modelforge.store import money_text
+    from modelforge.money import money_text
 
     return "—" if amount is None else f"${money_text(amount)}"
 

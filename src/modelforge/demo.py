@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from modelforge import config
+from modelforge.money import money_text
 from modelforge.session import UsageSession, track_usage
-from modelforge.store import flush, money_text
+from modelforge.store import flush
 
 OPENAI_MODEL = "gpt-4o"
 ANTHROPIC_MODEL = "claude-sonnet-4-5-20250929"

@@ -37,9 +37,9 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
     raise missing_extra(exc, "otel") from exc
 
 from modelforge import __version__, recorder
+from modelforge.money import money_text
 from modelforge.providers import otel_provider_name
 from modelforge.records import CallRecord
-from modelforge.store import money_text
 
 __all__ = ["disable", "enable"]
 

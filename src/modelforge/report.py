@@ -1,7 +1,8 @@
 """Aggregations over the usage log, done in SQL with bound parameters.
 
-Costs are summed exactly: `cost_pusd` holds each call's cost as an integer number of
-pico-dollars, so SQL's integer SUM is exact and is turned back into a `Decimal`.
+Costs are summed exactly: the log splits each call's cost into whole dollars and
+pico-dollars (see `money`), so SQL's integer sums are exact and never overflow, and the
+halves are joined back into a `Decimal`.
 """
 
 from __future__ import annotations
@@ -15,26 +16,27 @@ from decimal import Decimal
 from typing import Any
 
 from modelforge.errors import ModelForgeError
+from modelforge.money import from_parts
 from modelforge.records import format_ts
-from modelforge.schema import ROLLUP_SUMS
 
 REPORT_SCHEMA = "modelforge.usage/1"
 
 # group name -> SQL expression over `calls`
 TIME_GROUPS = {
-    "hour": "substr(ts, 1, 13) || ':00'",
-    "day": "substr(ts, 1, 10)",
-    "week": "strftime('%Y-W%W', substr(ts, 1, 19))",
-    "month": "substr(ts, 1, 7)",
+    "hour": "substr(calls.ts, 1, 13) || ':00'",
+    "day": "substr(calls.ts, 1, 10)",
+    "week": "strftime('%Y-W%W', substr(calls.ts, 1, 19))",
+    "month": "substr(calls.ts, 1, 7)",
 }
 COLUMN_GROUPS = {
-    "model": "coalesce(response_model, model)",
-    "provider": "provider",
-    "agent": "agent",
-    "trace": "trace_id",
-    "status": "status",
-    "framework": "framework",
-    "operation": "operation",
+    "model": "coalesce(calls.response_model, calls.model)",
+    "catalog_model": "calls.catalog_model",
+    "provider": "calls.provider",
+    "agent": "calls.agent",
+    "trace": "calls.trace_id",
+    "status": "calls.status",
+    "framework": "calls.framework",
+    "operation": "calls.operation",
     "tag": "tag_each.value",
 }
 BUILTIN_GROUPS = tuple(TIME_GROUPS) + tuple(COLUMN_GROUPS)
@@ -94,19 +96,19 @@ class Filters:
         clauses: list[str] = []
         params: list[Any] = []
         if self.since:
-            clauses.append("ts >= ?")
+            clauses.append("calls.ts >= ?")
             params.append(self.since)
         if self.until:
-            clauses.append("ts < ?")
+            clauses.append("calls.ts < ?")
             params.append(self.until)
         if self.model:
-            clauses.append("coalesce(response_model, model) GLOB ?")
+            clauses.append("coalesce(calls.response_model, calls.model) GLOB ?")
             params.append(self.model)
         if self.provider:
-            clauses.append("provider = ?")
+            clauses.append("calls.provider = ?")
             params.append(self.provider)
         if self.agent:
-            clauses.append("agent = ?")
+            clauses.append("calls.agent = ?")
             params.append(self.agent)
         if self.tag:
             clauses.append("EXISTS (SELECT 1 FROM json_each(calls.tags) WHERE value = ?)")
@@ -190,28 +192,41 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
 
 
-def pico_to_usd(value: int | None) -> Decimal:
-    if not value:
-        return Decimal(0)
-    amount = Decimal(value) / _PICO
-    return amount.normalize() if amount == amount.to_integral_value() else amount
-
-
-_RAW_SUMS = """
-    count(*), coalesce(sum(input_tokens), 0), coalesce(sum(cache_read_tokens), 0),
-    coalesce(sum(cache_write_tokens + cache_write_1h_tokens), 0), coalesce(sum(output_tokens), 0),
-    coalesce(sum(reasoning_tokens), 0), coalesce(sum(cost_pusd), 0), coalesce(sum(priced = 0), 0),
-    coalesce(sum(estimated), 0), coalesce(sum(status = 'error'), 0)
-"""
-_ROLLUP_SUMS = ", ".join(
-    [
-        *(f"sum({name})" for name in ROLLUP_SUMS),
-        "sum(CASE WHEN priced = 0 THEN calls ELSE 0 END)",
-        "sum(CASE WHEN estimated = 1 THEN calls ELSE 0 END)",
-        "sum(CASE WHEN status = 'error' THEN calls ELSE 0 END)",
-    ]
+_SUM_NAMES = (
+    "calls",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_whole",
+    "cost_micro",
+    "cost_pico",
+    "unpriced_calls",
+    "estimated_calls",
+    "error_calls",
 )
-_SUM_NAMES = (*ROLLUP_SUMS, "unpriced_calls", "estimated_calls", "error_calls")
+
+
+def _sum_columns(source: str, calls: str) -> str:
+    """SQL sums, in `_SUM_NAMES` order, over rows of `calls_hourly`'s shape that each
+    stand for `calls` calls: the rollup itself, or `calls_hourly_rows` (one row a call).
+    One definition of what a call adds, whichever answers. Cache writes of both TTLs are
+    one column in reports; pico-dollars are summed in halves so no sum overflows."""
+    s = source
+    return (
+        f"sum({calls}), sum({s}.input_tokens), sum({s}.cache_read_tokens), "
+        f"sum({s}.cache_write_tokens + {s}.cache_write_1h_tokens), sum({s}.output_tokens), "
+        f"sum({s}.reasoning_tokens), sum({s}.cost_usd_whole), "
+        f"sum({s}.cost_pusd_frac / 1000000), sum({s}.cost_pusd_frac % 1000000), "
+        f"sum(CASE WHEN {s}.priced = 0 THEN {calls} ELSE 0 END), "
+        f"sum(CASE WHEN {s}.estimated = 1 THEN {calls} ELSE 0 END), "
+        f"sum(CASE WHEN {s}.status = 'error' THEN {calls} ELSE 0 END)"
+    )
+
+
+_RAW_SUMS = _sum_columns("r", "1")
+_ROLLUP_SUMS = _sum_columns("calls_hourly", "calls_hourly.calls")
 # Groupings the hourly rollup can answer, as expressions over `calls_hourly`.
 ROLLUP_GROUPS = {
     "hour": "hour || ':00'",
@@ -219,9 +234,11 @@ ROLLUP_GROUPS = {
     "week": "strftime('%Y-W%W', substr(hour, 1, 10))",
     "month": "substr(hour, 1, 7)",
     "model": "nullif(model, '')",
+    "catalog_model": "nullif(catalog_model, '')",
     "provider": "nullif(provider, '')",
     "agent": "nullif(agent, '')",
     "status": "nullif(status, '')",
+    "framework": "nullif(framework, '')",
 }
 Sums = list[int]
 Groups = dict[tuple[Any, ...], Sums]
@@ -254,7 +271,10 @@ def _raw_groups(
     if groups:
         group_sql = " GROUP BY " + ", ".join(f"g{i}" for i in range(len(groups)))
     select = ", ".join([*keys, _RAW_SUMS])
-    sql = f"SELECT {select} FROM calls{joins} WHERE {where}{group_sql}"
+    sql = (
+        f"SELECT {select} FROM calls JOIN calls_hourly_rows AS r ON r.id = calls.id{joins} "
+        f"WHERE {where}{group_sql}"
+    )
     for row in conn.execute(sql, key_params + params):
         _add(into, tuple(row[: len(groups)]), row[len(groups) :])
 
@@ -317,23 +337,16 @@ def _rollup_groups(
 def aggregate(conn: sqlite3.Connection, groups: Sequence[str], filters: Filters) -> Groups:
     """Sums per group key, from the hourly rollup where it can answer, else from `calls`."""
     result: Groups = {}
-    if _rollup_usable(groups, filters) and _has_rollup(conn):
+    if _rollup_usable(groups, filters):
         _rollup_groups(conn, groups, filters, result)
     else:
         _raw_groups(conn, groups, filters, result)
     return result
 
 
-def _has_rollup(conn: sqlite3.Connection) -> bool:
-    found = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'calls_hourly'"
-    ).fetchone()
-    return found is not None
-
-
 def _as_row(sums: Sums) -> dict[str, Any]:
     row: dict[str, Any] = dict(zip(_SUM_NAMES, sums))
-    row["cost_usd"] = pico_to_usd(row.pop("cost_pusd"))
+    row["cost_usd"] = from_parts(row.pop("cost_whole"), row.pop("cost_micro"), row.pop("cost_pico"))
     inputs = row["input_tokens"]
     row["cache_hit_rate"] = round(row["cache_read_tokens"] / inputs, 4) if inputs else 0.0
     return row
