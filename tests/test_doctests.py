@@ -12,6 +12,7 @@ MODULES = [
     "modelforge.usage",
     "modelforge.pricing.cost",
     "modelforge.session",
+    "modelforge.providers",
     "modelforge.integrations.langchain",
     "modelforge.integrations.llamaindex",
     "modelforge.messages",

@@ -53,9 +53,9 @@ from llama_index.core.instrumentation.events.llm import (
 
 import modelforge
 from modelforge import store, track_usage
-from modelforge.integrations import llamaindex as li_integration
 from modelforge.integrations.langchain import UsageCallbackHandler
 from modelforge.integrations.llamaindex import UsageEventHandler
+from modelforge.integrations.llamaindex_calls import provider_of
 from modelforge.records import CallRecord
 from modelforge.usage import (
     MAX_TOKENS,
@@ -1065,7 +1065,7 @@ def check_llamaindex(case: LlamaIndexCase, persist: bool = False) -> CallRecord:
     elif case.ending == "end_without_response":
         assert usage.estimated and usage.anomalies == ()
     else:
-        provider = li_integration._provider(case.model_dict)
+        provider = provider_of(case.model_dict)
         anomalous, expect, notes = llamaindex_expectation(case, provider)
         if anomalous:
             assert usage.anomalies

@@ -50,18 +50,22 @@ from llama_index.core.llms.mock import MockLLM
 from llama_index.embeddings.openai import OpenAIEmbedding
 from llama_index.llms.anthropic import Anthropic
 from llama_index.llms.openai import OpenAI, OpenAIResponses
+from openai.types.chat import ChatCompletion
 from pydantic import Field
 
 import modelforge
 from encodings_on_disk import needs_encodings
 from modelforge import track_usage
 from modelforge.integrations import llamaindex as integration
+from modelforge.integrations import llamaindex_calls
+from modelforge.integrations.llamaindex_calls import forget_spans
 from modelforge.llamaindex import (
-    UsageCallbackHandler,
+    LlamaIndexCallbackHandler,
     UsageEventHandler,
     instrument,
     uninstrument,
 )
+from modelforge.usage import from_llamaindex_response
 from modelforge.wire import Reply, WireServer
 from row_checks import assert_anthropic_cache_costs, assert_row_consistent
 
@@ -100,7 +104,7 @@ def _clean_dispatcher() -> Iterator[None]:
     root.event_handlers, root.span_handlers = events, spans
     integration._span_parents = None
     integration._span_users.clear()
-    integration._parents.clear()
+    forget_spans()
 
 
 def _openai(wire: WireServer, **kwargs: Any) -> OpenAI:
@@ -388,7 +392,7 @@ def test_anthropic_usage_kept_from_the_start_of_a_stream() -> None:
     }
     final = {"type": "message_delta", "usage": {"input_tokens": 10, "output_tokens": 7}}
     response = ChatResponse(message=ChatMessage(role="assistant", content="x"), raw=final)
-    usage, served, anomalies = integration.read_response(response, "anthropic", start, start)
+    usage, served, anomalies = from_llamaindex_response(response, "anthropic", start, start)
     assert usage is not None
     assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (510, 200, 7)
     assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (100, 200)
@@ -533,6 +537,96 @@ def test_additional_kwargs_are_the_fallback_for_usage(db_path: Path) -> None:
     assert row["cost_usd"] == "0.000125"
 
 
+SDK_USAGE: dict[str, Any] = {
+    "prompt_tokens": 4008,
+    "completion_tokens": 17,
+    "total_tokens": 4025,
+    "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 5, "audio_tokens": None},
+}
+
+
+def _sdk_completion(**extra: Any) -> ChatCompletion:
+    return ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "gpt-4o-2024-08-06",
+            "service_tier": "default",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "hello"},
+                }
+            ],
+            "usage": SDK_USAGE,
+            **extra,
+        }
+    )
+
+
+# (raw, input, output, cache read, reasoning, service tier, served model, cost, flags).
+# gpt-4o and its 2024-08-06 snapshot: (4008 - 1024) * 2.5 = 7460; 1024 cached * 1.25 =
+# 1280; (17 - 5) * 10 = 120; 5 reasoning * 10 = 50 -> 8910 per 1M. No flex price, so a
+# flex call is priced at the standard price and flagged.
+FULL = (4008, 17, 1024, 5)
+RAW_SHAPES: list[tuple[Any, ...]] = [
+    ({"model": "gpt-4o", "usage": SDK_USAGE, "service_tier": "flex"},
+     *FULL, "flex", "gpt-4o", "0.00891", ["tier_unpriced"]),
+    (_sdk_completion(), *FULL, None, "gpt-4o-2024-08-06", "0.00891", []),
+    (_sdk_completion(usage_note="a newer API's field"),
+     *FULL, None, "gpt-4o-2024-08-06", "0.00891", []),
+    ({"usage": SDK_USAGE}, *FULL, None, None, "0.00891", []),
+    ({"model": "unknown", "usage": SDK_USAGE}, *FULL, None, None, "0.00891", []),
+    ({"usage": SDK_USAGE, "service_tier": 3}, *FULL, None, None, "0.00891", []),
+    # a streamed Responses ResponseCompletedEvent
+    ({"response": {"usage": SDK_USAGE, "model": "gpt-4o"}},
+     *FULL, None, "gpt-4o", "0.00891", []),
+    # Responses API usage: 3 * 2.5 + 1 * 10 = 17.5 per 1M
+    ({"usage": {"input_tokens": 3, "output_tokens": 1}},
+     3, 1, 0, 0, None, None, "0.0000175", []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raw", "inp", "out", "read", "reasoning", "tier", "served", "cost", "flags"),
+    RAW_SHAPES,
+    ids=lambda v: type(v).__name__ if not isinstance(v, (str, int, type(None))) else None,
+)
+def test_each_raw_shape_is_read_and_priced(
+    db_path: Path,
+    raw: Any,
+    inp: int,
+    out: int,
+    read: int,
+    reasoning: int,
+    tier: str | None,
+    served: str | None,
+    cost: str,
+    flags: list[str],
+) -> None:
+    instrument()
+    OddRawLLM(raw=raw).chat(HI)
+    row = _one_row(db_path)
+    assert (row["input_tokens"], row["output_tokens"]) == (inp, out)
+    assert (row["cache_read_tokens"], row["reasoning_tokens"]) == (read, reasoning)
+    assert (row["service_tier"], row["response_model"], row["model"]) == (tier, served, "gpt-4o")
+    assert (row["cost_usd"], row["estimated"]) == (cost, 0)
+    assert json.loads(row["price_flags"] or "[]") == flags
+    assert_row_consistent(row)
+
+
+def test_a_completion_response_is_read_as_a_chat_response(db_path: Path) -> None:
+    instrument()
+    OddRawLLM(raw={"usage": {"prompt_tokens": 3}}).complete("hi")
+    row = _one_row(db_path)
+    assert (row["operation"], row["input_tokens"], row["output_tokens"]) == ("completion", 3, 0)
+    # 3 * 2.5 = 7.5 per 1M
+    assert (row["cost_usd"], row["estimated"]) == ("0.0000075", 0)
+
+
 def test_handler_errors_never_reach_the_caller(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -542,7 +636,7 @@ def test_handler_errors_never_reach_the_caller(
     before = modelforge.stats()["handler_errors"]
     handler = instrument()
     with monkeypatch.context() as patched:
-        patched.setattr(integration, "price_call", broken)
+        patched.setattr(llamaindex_calls, "price_call", broken)
         assert OddRawLLM().chat(HI).message.content == "hello world"
     assert handler.errors == 1
     assert modelforge.stats()["handler_errors"] - before == 1
@@ -646,7 +740,7 @@ def test_a_failed_embedding_is_an_error_record(wire: WireServer, db_path: Path) 
 
 @needs_encodings
 def test_legacy_callback_handler_records_the_same_calls(wire: WireServer, db_path: Path) -> None:
-    handler = UsageCallbackHandler()
+    handler = LlamaIndexCallbackHandler()
     manager = CallbackManager([handler])
     wire.enqueue(
         Reply("Hi!", usage=OPENAI_USAGE),
@@ -678,10 +772,21 @@ def test_legacy_callback_handler_records_the_same_calls(wire: WireServer, db_pat
     assert (embedding["input_tokens"], embedding["cost_usd"]) == (4, "0.00000008")
 
 
+def test_the_old_name_of_the_legacy_handler_still_works_and_warns() -> None:
+    import modelforge.llamaindex
+
+    for module in (modelforge.llamaindex, integration):
+        with pytest.warns(DeprecationWarning, match="use LlamaIndexCallbackHandler"):
+            old = module.UsageCallbackHandler  # type: ignore[attr-defined]
+        assert old is LlamaIndexCallbackHandler
+    with pytest.raises(AttributeError):
+        modelforge.llamaindex.NoSuchHandler  # type: ignore[attr-defined]  # noqa: B018
+
+
 def test_legacy_handler_through_settings_and_an_aborted_stream(
     wire: WireServer, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    handler = UsageCallbackHandler()
+    handler = LlamaIndexCallbackHandler()
     monkeypatch.setattr(Settings, "_callback_manager", CallbackManager([handler]))
     stream = _openai(wire).stream_chat(HI)
     next(stream)
@@ -696,7 +801,7 @@ def test_legacy_handler_through_settings_and_an_aborted_stream(
 
 def test_both_handlers_on_one_call_store_one_row(wire: WireServer, db_path: Path) -> None:
     instrument()
-    _openai(wire, callback_manager=CallbackManager([UsageCallbackHandler()])).chat(HI)
+    _openai(wire, callback_manager=CallbackManager([LlamaIndexCallbackHandler()])).chat(HI)
     assert len(_rows(db_path)) == 1
 
 
@@ -746,7 +851,7 @@ def test_instrument_is_idempotent_and_blocks_leave_it_as_found(wire: WireServer)
     root = get_dispatcher()
     # Handlers built directly (other tests do) keep the span tracker while they live.
     gc.collect()
-    trackers_before = [h for h in root.span_handlers if isinstance(h, integration._SpanParents)]
+    trackers_before = [h for h in root.span_handlers if isinstance(h, integration.SpanParents)]
 
     def ours() -> list[Any]:
         return [h for h in root.event_handlers if isinstance(h, UsageEventHandler)]
@@ -772,7 +877,7 @@ def test_instrument_is_idempotent_and_blocks_leave_it_as_found(wire: WireServer)
     assert len(ours()) == 1
     uninstrument()
     assert ours() == []
-    trackers = [h for h in root.span_handlers if isinstance(h, integration._SpanParents)]
+    trackers = [h for h in root.span_handlers if isinstance(h, integration.SpanParents)]
     assert trackers == trackers_before
 
 
@@ -830,7 +935,7 @@ def test_no_prompt_or_response_text_reaches_the_log(wire: WireServer, db_path: P
     assert _openai(wire).chat(message).message.content == answer
     assert "".join(c.delta or "" for c in _openai(wire).stream_chat(message)) == answer
     assert _anthropic(wire).complete(prompt).text == answer
-    handler = UsageCallbackHandler()
+    handler = LlamaIndexCallbackHandler()
     _openai(wire, callback_manager=CallbackManager([handler])).complete(prompt)
     MockEmbedding(embed_dim=8).get_text_embedding_batch([prompt, answer])
     assert len(_rows(db_path)) == 5

@@ -20,14 +20,19 @@ from pydantic import ValidationError
 
 from modelforge.usage import (
     MAX_TOKENS,
+    NO_ANTHROPIC_CACHE_COUNTS,
     Usage,
     extract_usage,
     from_anthropic,
     from_bedrock,
     from_gemini,
     from_langchain,
+    from_llamaindex_response,
     from_openai_chat,
     from_openai_responses,
+    keep_cache_counts,
+    raw_usage,
+    recorded_tier,
 )
 
 # --- documented payloads ------------------------------------------------------------
@@ -706,3 +711,122 @@ def test_huge_anthropic_parts_are_capped_and_fit() -> None:
     assert usage.cache_read_tokens == MAX_TOKENS
     assert _parts_fit(usage)
     assert any("capped" in a for a in usage.anomalies)
+
+
+@pytest.mark.parametrize(
+    ("value", "recorded"),
+    [("Flex", "flex"), ("priority", "priority"), ("default", None), ("AUTO", None),
+     ("on-demand", None), ("", None), (None, None), (3, None)],
+)  # fmt: skip
+def test_recorded_tier_drops_the_standard_tiers(value: Any, recorded: str | None) -> None:
+    assert recorded_tier(value) == recorded
+
+
+# --- whole responses, as LlamaIndex hands them over -----------------------------------
+
+
+def test_raw_usage_finds_usage_at_the_top_or_one_level_down() -> None:
+    top = {"model": "gpt-4o", "usage": OPENAI_CHAT_CACHED, "service_tier": "flex"}
+    assert raw_usage(top) == (OPENAI_CHAT_CACHED, "gpt-4o", "flex")
+    # A streamed Responses `response.completed` event, as an SDK-like object.
+    completed = SimpleNamespace(
+        type="response.completed",
+        response=SimpleNamespace(usage=OPENAI_RESPONSES_REASONING, model="o4-mini"),
+    )
+    assert raw_usage(completed) == (OPENAI_RESPONSES_REASONING, "o4-mini", None)
+    # Anthropic's `message_start` event.
+    start = {"type": "message_start", "message": {"usage": ANTHROPIC_TTL_SPLIT, "model": "c"}}
+    assert raw_usage(start) == (ANTHROPIC_TTL_SPLIT, "c", None)
+    for nothing in (None, "text", b"x", 3, {"id": "no usage"}, {"response": "text"}):
+        assert raw_usage(nothing) == (None, None, None)
+
+
+def test_an_anthropic_stream_keeps_the_cache_counts_of_its_start() -> None:
+    first = {
+        "input_tokens": 10,
+        "output_tokens": 1,
+        "cache_read_input_tokens": 200,
+        "cache_creation_input_tokens": 300,
+        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+    }
+    last = SimpleNamespace(input_tokens=10, output_tokens=7)
+    merged = keep_cache_counts(first, last)
+    assert merged == {**first, "output_tokens": 7, "output_tokens_details": None,
+                      "service_tier": None}  # fmt: skip
+    # 10 uncached + 200 read + 300 written; 1h writes kept apart
+    assert from_anthropic(merged) == Usage(
+        input_tokens=510,
+        cache_read_tokens=200,
+        cache_write_tokens=100,
+        cache_write_1h_tokens=200,
+        output_tokens=7,
+    )
+    # A last usage with cache counts of its own, or no first one, is taken as it is.
+    with_cache = {"input_tokens": 1, "output_tokens": 2, "cache_read_input_tokens": 0}
+    assert keep_cache_counts(first, with_cache) is with_cache
+    assert keep_cache_counts({"input_tokens": 3}, last) is last
+    assert keep_cache_counts(first, None) is first
+
+
+def _li_response(raw: Any = None, kwargs: Any = None, message_kwargs: Any = None) -> Any:
+    """A LlamaIndex ChatResponse's shape, without LlamaIndex."""
+    message = SimpleNamespace(content="hi", additional_kwargs=message_kwargs or {})
+    return SimpleNamespace(raw=raw, message=message, additional_kwargs=kwargs or {})
+
+
+def test_a_llamaindex_response_is_read_from_its_raw_payload_first() -> None:
+    response = _li_response(
+        raw={"model": "gpt-4o-2024-08-06", "usage": OPENAI_CHAT_CACHED, "service_tier": "flex"},
+        kwargs={"prompt_tokens": 1, "completion_tokens": 1},
+    )
+    usage, served, anomalies = from_llamaindex_response(response, "openai")
+    assert usage == Usage(
+        input_tokens=2006, cache_read_tokens=1920, output_tokens=300, service_tier="flex"
+    )
+    assert (served, anomalies) == ("gpt-4o-2024-08-06", ())
+
+
+def test_then_the_stream_then_additional_kwargs_then_the_message() -> None:
+    streamed = {"prompt_tokens": 7, "completion_tokens": 2}
+    usage, _, _ = from_llamaindex_response(_li_response(), "openai", streamed, streamed)
+    assert usage == Usage(input_tokens=7, output_tokens=2)
+    kwargs = {"prompt_tokens": 30, "completion_tokens": 5}
+    usage, _, _ = from_llamaindex_response(_li_response(raw={"id": "x"}, kwargs=kwargs), None)
+    assert usage == Usage(input_tokens=30, output_tokens=5)
+    message_kwargs = {"usage": {"input_tokens": 4, "output_tokens": 1}}
+    usage, _, _ = from_llamaindex_response(_li_response(message_kwargs=message_kwargs), None)
+    assert usage == Usage(input_tokens=4, output_tokens=1)
+    # A dict shaped like a response reads the same as an object.
+    as_dict = {"raw": {"usage": streamed, "model": "gpt-4o"}, "text": "hello"}
+    assert from_llamaindex_response(as_dict, None) == (
+        Usage(input_tokens=7, output_tokens=2),
+        "gpt-4o",
+        (),
+    )
+
+
+def test_a_source_without_tokens_is_skipped_and_its_anomalies_kept() -> None:
+    odd = _li_response(raw={"usage": {"prompt_tokens": -3}})
+    usage, served, anomalies = from_llamaindex_response(odd, "openai")
+    assert (usage, served) == (None, None)
+    assert anomalies == ("prompt_tokens: negative -3 treated as 0",)
+    odd_then_good = _li_response(
+        raw={"usage": {"prompt_tokens": -3}}, kwargs={"prompt_tokens": 9, "completion_tokens": 1}
+    )
+    usage, _, _ = from_llamaindex_response(odd_then_good, "openai")
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens) == (9, 1)
+    assert usage.anomalies == ("prompt_tokens: negative -3 treated as 0",)
+    assert from_llamaindex_response(_li_response(), None) == (None, None, ())
+
+
+def test_anthropic_usage_without_cache_counts_is_flagged() -> None:
+    final = _li_response(raw={"type": "message_delta", "usage": {"input_tokens": 10,
+                                                                "output_tokens": 7}})  # fmt: skip
+    usage, _, _ = from_llamaindex_response(final, "anthropic")
+    assert usage == Usage(input_tokens=10, output_tokens=7, anomalies=(NO_ANTHROPIC_CACHE_COUNTS,))
+    # With the provider known, Anthropic's input_tokens is read as excluding the cache.
+    cached = _li_response(raw={"usage": ANTHROPIC_TTL_SPLIT, "model": "claude-x"})
+    usage, served, _ = from_llamaindex_response(cached, "anthropic")
+    assert usage == from_anthropic(ANTHROPIC_TTL_SPLIT)
+    assert served == "claude-x"

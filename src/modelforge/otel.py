@@ -38,6 +38,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 from modelforge import __version__, recorder
 from modelforge.money import money_text
+from modelforge.providers import otel_provider_name
 from modelforge.records import CallRecord
 
 __all__ = ["disable", "enable"]
@@ -86,33 +87,6 @@ ERROR_TYPE_OTHER = "_OTHER"
 
 # Our operation names -> the well-known `gen_ai.operation.name` values.
 OPERATION_NAMES = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
-
-# Our provider ids (models.dev catalog keys, LangChain `ls_provider`) -> the well-known
-# `gen_ai.provider.name` values, which the conventions say MUST be used when they apply.
-# Anything else is passed through unchanged.
-PROVIDER_NAMES = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "azure": "azure.ai.openai",
-    "azure_openai": "azure.ai.openai",
-    "amazon-bedrock": "aws.bedrock",
-    "amazon_bedrock": "aws.bedrock",
-    "bedrock": "aws.bedrock",
-    "google": "gcp.gemini",
-    "google_genai": "gcp.gen_ai",
-    "google-vertex": "gcp.vertex_ai",
-    "google_vertexai": "gcp.vertex_ai",
-    "mistral": "mistral_ai",
-    "mistralai": "mistral_ai",
-    "deepseek": "deepseek",
-    "xai": "x_ai",
-    "groq": "groq",
-    "cohere": "cohere",
-    "perplexity": "perplexity",
-    "moonshotai": "moonshot_ai",
-    "ibm": "ibm.watsonx.ai",
-    "watsonx": "ibm.watsonx.ai",
-}
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -194,7 +168,7 @@ def _metric_attributes(record: CallRecord) -> dict[str, str]:
     """The low-cardinality attributes shared by every metric and the span."""
     attrs = {GEN_AI_OPERATION_NAME: OPERATION_NAMES.get(record.operation, record.operation)}
     if record.provider:
-        attrs[GEN_AI_PROVIDER_NAME] = PROVIDER_NAMES.get(record.provider, record.provider)
+        attrs[GEN_AI_PROVIDER_NAME] = otel_provider_name(record.provider)
     if record.model:
         attrs[GEN_AI_REQUEST_MODEL] = record.model
     if record.response_model:

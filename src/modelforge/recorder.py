@@ -7,12 +7,8 @@ so every framework gets the same de-duplication, opt-out and attribution rules.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +18,6 @@ from modelforge.session import current_sessions
 
 if TYPE_CHECKING:
     from modelforge.session import UsageSession
-    from modelforge.store import UsageLog
 
 logger = logging.getLogger("modelforge")
 
@@ -63,104 +58,19 @@ def deliver(
         count_anomalies(len(record.usage.anomalies))
     for session in stack:
         session.add(record)
-    if persist and not any(not s.persist for s in stack):
-        enabled, default_db = _log_settings()
-        if enabled:
-            if db is None and stack:
-                db = next((s.db for s in reversed(stack) if s.db), None)
-            _get_log()(db or default_db).submit(record)
+    if persist and all(s.persist for s in stack) and config.telemetry_status().enabled:
+        # Imported here: the store pulls in sqlite-utils, which `import modelforge` skips.
+        from modelforge.store import get_log
+
+        if db is None:
+            db = next((s.db for s in reversed(stack) if s.db), None)
+        get_log(db).submit(record)  # None: the default log, as configured now
     if _sinks and _first_time(record.run_id):
         for sink in list(_sinks):
             try:
                 sink(record)
             except Exception as exc:
                 report_error("sink", exc)
-
-
-# Everything `config.telemetry_status()` and `config.default_db_path()` depend on: the
-# environment and the config file. Deriving them afresh on every call costs tens of µs,
-# so a call only re-reads the environment, and the config file is stat-ed at most every
-# CONFIG_RECHECK seconds (a `config.save_setting` in this process is seen at once).
-_SETTINGS_ENV = (
-    "MODELFORGE_TELEMETRY",
-    "DO_NOT_TRACK",
-    "MODELFORGE_DB",
-    "MODELFORGE_CONFIG_DIR",
-    "MODELFORGE_DATA_DIR",
-    # what platformdirs reads when the MODELFORGE_*_DIR variables are unset
-    *(("APPDATA", "LOCALAPPDATA") if sys.platform == "win32" else ()),
-    *(("XDG_CONFIG_HOME", "XDG_DATA_HOME") if sys.platform.startswith("linux") else ()),
-    "HOME",
-)
-CONFIG_RECHECK = 0.5
-_environ_data = getattr(os.environ, "_data", None)
-_encode_key = getattr(os.environ, "encodekey", None)
-if isinstance(_environ_data, dict) and _encode_key is not None:
-    # os.environ.get encodes each key per call; reading its backing dict with keys
-    # encoded once is ten times cheaper and sees the same updates.
-    _ENCODED_ENV = tuple(_encode_key(name) for name in _SETTINGS_ENV)
-
-    def _settings_env() -> tuple[object, ...]:
-        return tuple(map(os.environ._data.get, _ENCODED_ENV))  # type: ignore[attr-defined]
-
-else:  # pragma: no cover - a Python whose os.environ differs
-
-    def _settings_env() -> tuple[object, ...]:
-        return tuple([os.environ.get(name) for name in _SETTINGS_ENV])
-
-
-@dataclass
-class _Settings:
-    env: tuple[object, ...]
-    generation: int
-    config_file: str
-    stamp: int | None
-    checked: float
-    answer: tuple[bool, Path]  # (enabled, default_db), returned as is
-
-
-_settings_memo: _Settings | None = None
-
-
-def _mtime(path: str) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return None
-
-
-def _log_settings() -> tuple[bool, Path]:
-    """(whether the usage log may be written, the default log path)."""
-    global _settings_memo
-    env = _settings_env()
-    memo = _settings_memo
-    if memo is not None and memo.env == env and memo.generation == config.generation():
-        now = time.monotonic()
-        if now - memo.checked < CONFIG_RECHECK:
-            return memo.answer
-        if _mtime(memo.config_file) == memo.stamp:
-            memo.checked = now
-            return memo.answer
-    generation = config.generation()
-    config_file = str(config.config_path())
-    stamp = _mtime(config_file)  # before reading, so a write during the read is noticed
-    answer = (config.telemetry_status().enabled, config.default_db_path())
-    _settings_memo = _Settings(env, generation, config_file, stamp, time.monotonic(), answer)
-    return answer
-
-
-def _get_log() -> Callable[[Path | str | None], UsageLog]:
-    # Imported on first use: the store pulls in sqlite-utils, which an import of
-    # modelforge alone should not pay for.
-    global _get_log_fn
-    if _get_log_fn is None:
-        from modelforge.store import get_log
-
-        _get_log_fn = get_log
-    return _get_log_fn
-
-
-_get_log_fn: Callable[[Path | str | None], UsageLog] | None = None
 
 
 def _merge(a: tuple[UsageSession, ...], b: tuple[UsageSession, ...]) -> tuple[UsageSession, ...]:

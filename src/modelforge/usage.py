@@ -1,4 +1,5 @@
-"""The normalised `Usage` model and one extractor per provider payload shape.
+"""The normalised `Usage` model, one extractor per provider payload shape, and the
+reader of a whole LlamaIndex response (which of its payloads holds the usage).
 
 All token counts are *inclusive*, as in LangChain's `UsageMetadata` and
 OpenTelemetry's `gen_ai.usage.*`: `input_tokens` counts every prompt token (cache
@@ -11,7 +12,7 @@ value is clamped and described in `Usage.anomalies`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
@@ -101,6 +102,13 @@ class Usage(BaseModel):
         )
 
 
+def recorded_tier(value: Any) -> str | None:
+    """A service tier as recorded: lowercase, and None for the standard tiers."""
+    if isinstance(value, str) and value and value.lower() not in STANDARD_SERVICE_TIERS:
+        return value.lower()
+    return None
+
+
 class _Builder:
     """Collects coerced counts and anomalies, then clamps parts into their wholes."""
 
@@ -112,8 +120,6 @@ class _Builder:
 
     def count(self, name: str, value: Any) -> int:
         """Coerce `value` to a token count, noting anything odd."""
-        if type(value) is int and 0 <= value <= MAX_TOKENS:
-            return value  # the usual case, first
         if value is None:
             return 0
         if isinstance(value, bool):
@@ -151,8 +157,7 @@ class _Builder:
         self.counts[field] = self.counts.get(field, 0) + self.count(source_name, value)
 
     def tier(self, value: Any) -> None:
-        if isinstance(value, str) and value and value.lower() not in STANDARD_SERVICE_TIERS:
-            self.service_tier = value.lower()
+        self.service_tier = recorded_tier(value) or self.service_tier
 
     def build(self, *, estimated: bool = False) -> Usage:
         counts = self.counts
@@ -217,8 +222,6 @@ def _is_audio(modality: Any) -> bool:
 
 def field(obj: Any, name: str) -> Any:
     """Read `name` from a mapping or an object (SDK models arrive as either)."""
-    if type(obj) is dict:
-        return obj.get(name)
     if obj is None:
         return None
     if isinstance(obj, Mapping):
@@ -300,10 +303,6 @@ def _tier_from_prefixed_keys(details: Any) -> str | None:
 
 def from_openai_chat(usage: Any, service_tier: Any = None) -> Usage:
     """OpenAI Chat Completions `usage` (inclusive `prompt_tokens`)."""
-    fields = fields_of(usage)
-    plain = plain_openai_chat(fields, service_tier) if fields is not None else None
-    if plain is not None:
-        return plain
     b = _Builder()
     b.tier(service_tier)
     if not _shape_check(b, usage, "usage"):
@@ -320,201 +319,6 @@ def from_openai_chat(usage: Any, service_tier: Any = None) -> Usage:
     return b.build()
 
 
-def plain_openai_chat(fields: Mapping[str, Any], service_tier: Any) -> Usage | None:
-    """`from_openai_chat` of a clean payload (plain ints, parts within wholes), read by
-    `fields_of`, in a fraction of the time; None sends anything else through the
-    builder, which coerces, clamps and notes anomalies."""
-    # Details are mostly dicts or absent; only others need fields_of.
-    prompt_details: Mapping[str, Any] | None = fields.get("prompt_tokens_details")
-    if prompt_details is None:
-        prompt_details = _NO_FIELDS
-    elif type(prompt_details) is not dict:
-        prompt_details = fields_of(prompt_details)
-    completion_details: Mapping[str, Any] | None = fields.get("completion_tokens_details")
-    if completion_details is None:
-        completion_details = _NO_FIELDS
-    elif type(completion_details) is not dict:
-        completion_details = fields_of(completion_details)
-    if prompt_details is None or completion_details is None:
-        return None
-    # A count is its int, 0 when missing, and -1 (never clean) when of any other type;
-    # one test below then rejects every unclean value. Written out, not in a helper:
-    # seven calls cost more than the rest of this function.
-    v = fields.get("prompt_tokens")
-    inp = v if type(v) is int else 0 if v is None else -1
-    v = fields.get("completion_tokens")
-    out = v if type(v) is int else 0 if v is None else -1
-    v = prompt_details.get("cached_tokens")
-    read = v if type(v) is int else 0 if v is None else -1
-    v = prompt_details.get("cache_write_tokens")
-    write = v if type(v) is int else 0 if v is None else -1
-    v = prompt_details.get("audio_tokens")
-    audio_in = v if type(v) is int else 0 if v is None else -1
-    v = completion_details.get("reasoning_tokens")
-    reasoning = v if type(v) is int else 0 if v is None else -1
-    v = completion_details.get("audio_tokens")
-    audio_out = v if type(v) is int else 0 if v is None else -1
-    # Parts are non-negative and within wholes within the cap, so all are in range.
-    if (
-        read < 0
-        or write < 0
-        or audio_in < 0
-        or reasoning < 0
-        or audio_out < 0
-        or read + write + audio_in > inp
-        or reasoning + audio_out > out
-        or inp > MAX_TOKENS
-        or out > MAX_TOKENS
-    ):
-        return None
-    tier = None
-    if isinstance(service_tier, str):
-        # "" is no tier, as in the builder.
-        if service_tier:
-            tier = service_tier.lower()
-            if tier in STANDARD_SERVICE_TIERS:
-                tier = None
-    elif service_tier is not None:
-        return None
-    return checked_usage(inp, out, read, write, audio_in, reasoning, audio_out, tier)
-
-
-_NO_FIELDS: Mapping[str, Any] = {}
-_new_object = object.__new__
-# The setters of a pydantic model's four slots, called directly: object.__setattr__
-# would look each one up again.
-_set_dict, _set_fields_set, _set_extra, _set_private = (
-    BaseModel.__dict__[f"__{name}__"].__set__
-    for name in ("dict", "pydantic_fields_set", "pydantic_extra", "pydantic_private")
-)
-# What `Usage(input_tokens=…, …, service_tier=…)` marks as set: the arguments, and
-# total_tokens, which `_fill_total` adds.
-_CHECKED_FIELDS_SET = frozenset(
-    {
-        "input_tokens",
-        "output_tokens",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "input_audio_tokens",
-        "reasoning_tokens",
-        "output_audio_tokens",
-        "service_tier",
-        "total_tokens",
-    }
-)
-
-
-# The same for `Usage(…)` with every count named but no tier, as LangChain's shortcut does.
-LANGCHAIN_FIELDS_SET = (_CHECKED_FIELDS_SET - {"service_tier"}) | {"cache_write_1h_tokens"}
-
-
-def checked_usage(
-    inp: int,
-    out: int,
-    read: int,
-    write: int,
-    audio_in: int,
-    reasoning: int,
-    audio_out: int,
-    tier: str | None,
-    write_1h: int = 0,
-    fields_set: frozenset[str] = _CHECKED_FIELDS_SET,
-) -> Usage:
-    """The `Usage` pydantic would build from these, without validating them again.
-
-    Only for counts already checked: ints in [0, MAX_TOKENS], parts within their wholes,
-    `tier` None or a lowercase str. Validation (two Python validators in strict mode)
-    took longer than reading the whole payload. Fields go in declaration order, as
-    validation puts them, so repr, dumps and equality are the same.
-    """
-    usage = _new_object(Usage)
-    _set_dict(
-        usage,
-        {
-            "input_tokens": inp,
-            "output_tokens": out,
-            "cache_read_tokens": read,
-            "cache_write_tokens": write,
-            "cache_write_1h_tokens": write_1h,
-            "reasoning_tokens": reasoning,
-            "input_audio_tokens": audio_in,
-            "output_audio_tokens": audio_out,
-            "total_tokens": inp + out,
-            "service_tier": tier,
-            "cache_hit": False,
-            "estimated": False,
-            "anomalies": (),
-        },
-    )
-    _set_fields_set(usage, set(fields_set))
-    _set_extra(usage, None)
-    _set_private(usage, None)
-    return usage
-
-
-# Every name read through `fields_of`, here and in the integrations. A class that has
-# one of them as a class attribute (a property, a method) is read with `field` instead.
-PLAIN_NAMES = (
-    "raw",
-    "usage",
-    "usageMetadata",
-    "usage_metadata",
-    "model",
-    "service_tier",
-    "response",
-    "message",
-    "prompt_tokens",
-    "completion_tokens",
-    "prompt_tokens_details",
-    "completion_tokens_details",
-    "cached_tokens",
-    "cache_write_tokens",
-    "audio_tokens",
-    "reasoning_tokens",
-    "input_tokens",
-)
-_plain_classes: dict[type, bool] = {}
-
-
-def fields_of(obj: Any) -> Mapping[str, Any] | None:
-    """`obj`'s fields as a mapping whose `.get(name)` is exactly `field(obj, name)` for
-    every name in `PLAIN_NAMES`; None when no such mapping is at hand (use `field`).
-
-    A plain dict is itself; a pydantic model (what the OpenAI and Anthropic SDKs return)
-    is its `__dict__` plus its extra fields. `getattr` of a field an SDK model lacks
-    raises and catches an AttributeError inside pydantic, which costs about 3 µs.
-    """
-    if type(obj) is dict:
-        return obj
-    cls = type(obj)
-    plain = _plain_classes.get(cls)
-    if plain is None:
-        plain = _is_plain_model(cls)
-        if len(_plain_classes) > 1024:  # classes made on the fly: never grow without end
-            _plain_classes.clear()
-        _plain_classes[cls] = plain
-    if not plain:
-        return None
-    values: dict[str, Any] = obj.__dict__
-    extra = getattr(obj, "__pydantic_extra__", None)  # unset only on a half-built model
-    # getattr finds a field in __dict__ first, then an extra one (BaseModel.__getattr__).
-    return {**extra, **values} if extra else values
-
-
-def _is_plain_model(cls: type) -> bool:
-    """Whether `getattr` on instances of `cls` reads `PLAIN_NAMES` from their fields."""
-    try:
-        return (
-            issubclass(cls, BaseModel)
-            and not issubclass(cls, Mapping)
-            and cls.__getattribute__ is object.__getattribute__
-            and cls.__getattr__ is BaseModel.__getattr__  # type: ignore[attr-defined]
-            and not any(hasattr(cls, name) for name in PLAIN_NAMES)
-        )
-    except Exception:  # a metaclass that raises on lookup: read it with `field`
-        return False
-
-
 def from_openai_responses(usage: Any, service_tier: Any = None) -> Usage:
     """OpenAI Responses API `usage` (inclusive `input_tokens`)."""
     b = _Builder()
@@ -529,6 +333,10 @@ def from_openai_responses(usage: Any, service_tier: Any = None) -> Usage:
     out_details = field(usage, "output_tokens_details")
     b.add("reasoning_tokens", "reasoning_tokens", field(out_details, "reasoning_tokens"))
     return b.build()
+
+
+# Only Anthropic's usage has these; without them it says nothing of the cache.
+ANTHROPIC_CACHE_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
 
 
 def from_anthropic(usage: Any) -> Usage:
@@ -656,10 +464,7 @@ def extract_usage(payload: Any, service_tier: Any = None) -> Usage | None:
         or field(payload, "completion_tokens") is not None
     ):
         return from_openai_chat(payload, service_tier)
-    if any(
-        field(payload, k) is not None
-        for k in ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
-    ):
+    if any(field(payload, k) is not None for k in ANTHROPIC_CACHE_KEYS):
         return from_anthropic(payload)
     if field(payload, "input_token_details") is not None or (
         field(payload, "output_token_details") is not None
@@ -680,3 +485,102 @@ def extract_usage(payload: Any, service_tier: Any = None) -> Usage | None:
         # Inclusive by default: LangChain UsageMetadata without details.
         return from_langchain(payload)
     return None
+
+
+# --- whole responses, as LlamaIndex hands them over ----------------------------------
+
+NO_ANTHROPIC_CACHE_COUNTS = "anthropic usage has no cache counts; cache tokens unknown"
+_ANTHROPIC_USAGE_KEYS = ("input_tokens", "output_tokens", "output_tokens_details", "service_tier")
+
+
+def raw_usage(raw: Any) -> tuple[Any, Any, Any]:
+    """The usage object, served model and service tier a raw provider response carries.
+
+    Chat Completions and Anthropic messages carry `usage` (and `model`) at the top; a
+    streamed Responses `ResponseCompletedEvent` under `response`; an Anthropic
+    `message_start` event under `message`.
+    """
+    if raw is None or isinstance(raw, (str, bytes, int, float, bool)):
+        return None, None, None
+    usage, model, tier = field(raw, "usage"), field(raw, "model"), field(raw, "service_tier")
+    if usage is None:
+        for key in ("response", "message"):
+            inner = field(raw, key)
+            if inner is not None and not isinstance(inner, (str, bytes)):
+                usage = field(inner, "usage")
+                if usage is not None:
+                    model = model or field(inner, "model")
+                    tier = tier or field(inner, "service_tier")
+                    break
+    return usage, model, tier
+
+
+def keep_cache_counts(first: Any, last: Any) -> Any:
+    """An Anthropic stream's final usage with the cache counts its `message_start` had.
+
+    The final `message_delta` may carry only the output count; the cache counts are
+    then only in the usage that opened the stream.
+    """
+    if last is None:
+        return first
+    if all(field(last, k) is None for k in ANTHROPIC_CACHE_KEYS) and any(
+        field(first, k) is not None for k in ANTHROPIC_CACHE_KEYS
+    ):
+        merged = {k: field(first, k) for k in (*_ANTHROPIC_USAGE_KEYS, *ANTHROPIC_CACHE_KEYS)}
+        merged.update({k: v for k in _ANTHROPIC_USAGE_KEYS if (v := field(last, k)) is not None})
+        return merged
+    return last
+
+
+def from_llamaindex_response(
+    response: Any, provider: str | None, first_usage: Any = None, last_usage: Any = None
+) -> tuple[Usage | None, str | None, tuple[str, ...]]:
+    """Usage, served model and the anomalies of skipped sources, from a LlamaIndex
+    `ChatResponse` or `CompletionResponse` (or any object or dict shaped like one).
+
+    Sources, in order: the usage in `response.raw` (see `raw_usage`), else the last
+    usage a stream's chunks carried (`last_usage`, kept with the cache counts of
+    `first_usage`), then the counts LlamaIndex copies into `additional_kwargs`, then the
+    message's `additional_kwargs["usage"]`. A source that yields no tokens is skipped,
+    so that a call is estimated rather than recorded as zero. `provider` is our id for
+    the provider: Anthropic's `input_tokens` leaves the cache out.
+    """
+    usage_obj, served, tier = raw_usage(field(response, "raw"))
+    if usage_obj is None:
+        usage_obj = last_usage
+    if first_usage is not None and usage_obj is not first_usage:
+        usage_obj = keep_cache_counts(first_usage, usage_obj)
+    model = served if isinstance(served, str) else None
+    anomalies: tuple[str, ...] = ()
+    for payload in _response_sources(response, usage_obj):
+        usage = _provider_usage(payload, provider, tier)
+        if usage is None:
+            continue
+        if not usage.is_empty or usage.cache_hit:
+            if provider == "anthropic" and all(
+                field(payload, k) is None for k in ANTHROPIC_CACHE_KEYS
+            ):
+                # LlamaIndex does not pass a stream's message_start on, and an older
+                # API's final message_delta has no cache counts: say so, never guess.
+                anomalies += (NO_ANTHROPIC_CACHE_COUNTS,)
+            if anomalies:
+                usage = usage.model_copy(update={"anomalies": usage.anomalies + anomalies})
+            return usage, model, ()
+        anomalies += usage.anomalies
+    return None, model, anomalies
+
+
+def _response_sources(response: Any, usage_obj: Any) -> Iterator[Any]:
+    yield usage_obj
+    yield field(response, "additional_kwargs")
+    extra = field(field(response, "message"), "additional_kwargs")
+    if isinstance(extra, Mapping):
+        yield extra.get("usage")
+
+
+def _provider_usage(payload: Any, provider: str | None, tier: Any) -> Usage | None:
+    if payload is None:
+        return None
+    if provider == "anthropic" and field(payload, "input_tokens") is not None:
+        return from_anthropic(payload)  # input_tokens there excludes the cache
+    return extract_usage(payload, tier)

@@ -32,17 +32,10 @@ except ModuleNotFoundError as exc:
 
 from modelforge import config, recorder
 from modelforge.estimate import estimate_usage, text_of
+from modelforge.providers import provider_of_class
 from modelforge.records import CallRecord, clean_attrs, clean_tags, elapsed_ms, price_call, utc_now
 from modelforge.session import UsageSession
-from modelforge.usage import (
-    LANGCHAIN_FIELDS_SET,
-    MAX_TOKENS,
-    STANDARD_SERVICE_TIERS,
-    Usage,
-    checked_usage,
-    extract_usage,
-    from_langchain,
-)
+from modelforge.usage import Usage, extract_usage, from_langchain, recorded_tier
 
 __all__ = ["UsageCallbackHandler"]
 
@@ -285,11 +278,9 @@ class UsageCallbackHandler(BaseCallbackHandler):
                 )
             else:
                 usage = Usage()
-        if service_tier and not usage.service_tier:
-            tier = service_tier.lower()
-            # "default"/"auto" is the standard price: not recorded, as in the extractors.
-            if tier not in STANDARD_SERVICE_TIERS:
-                usage = usage.model_copy(update={"service_tier": tier})
+        tier = recorded_tier(service_tier)
+        if tier and not usage.service_tier:
+            usage = usage.model_copy(update={"service_tier": tier})
         cost = price_call(usage, run.model, served_model, run.provider)
         record = CallRecord(
             run_id=run.run_id,
@@ -323,21 +314,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
 def _provider_from_class(serialized: dict[str, Any] | None) -> str | None:
     ids = (serialized or {}).get("id")
     if isinstance(ids, list) and ids:
-        name = str(ids[-1]).lower()
-        for needle, provider in (
-            ("azure", "azure"),
-            ("openai", "openai"),
-            ("anthropic", "anthropic"),
-            ("bedrock", "amazon-bedrock"),
-            ("vertex", "google-vertex"),
-            ("google", "google"),
-            ("mistral", "mistral"),
-            ("groq", "groq"),
-            ("deepseek", "deepseek"),
-            ("xai", "xai"),
-        ):
-            if needle in name:
-                return provider
+        return provider_of_class(str(ids[-1]))
     return None
 
 
@@ -367,68 +344,13 @@ def read_llm_result(response: LLMResult | None) -> tuple[Usage | None, str | Non
             if usage is None:
                 metadata = getattr(message, "usage_metadata", None)
                 if metadata:
-                    usage = _plain_usage(metadata) or from_langchain(metadata)
+                    usage = from_langchain(metadata)
                 elif generation.generation_info:
                     info = generation.generation_info
                     usage = extract_usage(info.get("usage") or info.get("token_usage"), tier)
     if usage is None:
         usage = extract_usage(llm_output.get("token_usage") or llm_output.get("usage"), tier)
     return usage, str(served) if served else None, tier if isinstance(tier, str) else None
-
-
-_PLAIN_INPUT_DETAILS = frozenset(
-    {
-        "cache_read",
-        "cache_creation",
-        "audio",
-        "ephemeral_5m_input_tokens",
-        "ephemeral_1h_input_tokens",
-    }
-)
-_PLAIN_OUTPUT_DETAILS = frozenset({"reasoning", "audio"})
-
-
-def _plain_usage(metadata: Any) -> Usage | None:
-    """`from_langchain(metadata)` for the everyday shape, in a quarter of the time.
-
-    That shape: a dict of plain non-negative ints, only the detail keys langchain-openai
-    and langchain-anthropic emit at the standard tier, no `total_cost`, parts within
-    their wholes. Anything else returns None, and `from_langchain` handles it (tiers,
-    coercion, clamping, anomalies), so results never differ.
-    """
-    if type(metadata) is not dict or "total_cost" in metadata:
-        return None
-    inp = metadata.get("input_tokens")
-    out = metadata.get("output_tokens")
-    if type(inp) is not int or type(out) is not int:
-        return None
-    details_in = metadata.get("input_token_details") or {}
-    details_out = metadata.get("output_token_details") or {}
-    if (
-        type(details_in) is not dict
-        or type(details_out) is not dict
-        or not _PLAIN_INPUT_DETAILS.issuperset(details_in)
-        or not _PLAIN_OUTPUT_DETAILS.issuperset(details_out)
-    ):
-        return None
-    for value in (inp, out, *details_in.values(), *details_out.values()):
-        if value is not None and (type(value) is not int or not 0 <= value <= MAX_TOKENS):
-            return None
-    read = details_in.get("cache_read") or 0
-    five_min = details_in.get("ephemeral_5m_input_tokens") or 0
-    one_hour = details_in.get("ephemeral_1h_input_tokens") or 0
-    # `cache_creation` is 0 when the TTL split is given, or else the whole.
-    write = five_min + max((details_in.get("cache_creation") or 0) - five_min - one_hour, 0)
-    audio_in = details_in.get("audio") or 0
-    reasoning = details_out.get("reasoning") or 0
-    audio_out = details_out.get("audio") or 0
-    if read + write + one_hour + audio_in > inp or reasoning + audio_out > out:
-        return None
-    # Every count is checked above, so the Usage is built without validating it again.
-    return checked_usage(
-        inp, out, read, write, audio_in, reasoning, audio_out, None,
-        write_1h=one_hour, fields_set=LANGCHAIN_FIELDS_SET,
-    )  # fmt: skip
 
 
 def _prompt_texts(prompts: Any) -> list[str]:

@@ -68,7 +68,6 @@ def price(model: str, usage: Usage, provider: str | None = None, strict: bool = 
 
 def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cost:
     """Price `usage` with the prices of one catalog entry."""
-    flags: list[str] = []
     if usage.cache_hit:
         return Cost(
             total=ZERO,
@@ -79,6 +78,60 @@ def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cos
             source=entry.source,
             flags=("cache_hit",),
         )
+    flags: list[str] = []
+    prices = _prices_for(entry, usage, flags)
+    read = usage.cache_read_tokens
+    write_5m = usage.cache_write_tokens
+    write_1h = usage.cache_write_1h_tokens
+    audio_in = usage.input_audio_tokens
+    audio_out = usage.output_audio_tokens
+    reasoning_tokens = usage.reasoning_tokens
+    # Amounts per 1M tokens; each part is exact, as Decimal products of ints are.
+    text_in = prices.input * (usage.input_tokens - read - write_5m - write_1h - audio_in)
+    text_out = prices.output * (usage.output_tokens - reasoning_tokens - audio_out)
+    cache_read = cache_write = audio = reasoning = ZERO
+    if read:
+        rate = prices.cache_read
+        if rate is None:
+            rate = prices.input
+            flags.append("cache_read_at_input_price")
+        cache_read = rate * read
+    if write_5m or write_1h:
+        cache_write = _cache_writes(entry, prices, usage, flags)
+    if audio_in:
+        audio = (prices.input_audio if prices.input_audio is not None else prices.input) * audio_in
+    if audio_out:
+        rate = prices.output_audio if prices.output_audio is not None else prices.output
+        audio += rate * audio_out
+    if reasoning_tokens:
+        rate = prices.reasoning if prices.reasoning is not None else prices.output
+        reasoning = rate * reasoning_tokens
+    # Multiplying by 1E-6 only shifts the exponent, so it is exact too.
+    parts = [
+        part * _MICRO for part in (text_in, cache_read, cache_write, text_out, reasoning, audio)
+    ]
+    return Cost(
+        input=parts[0],
+        cache_read=parts[1],
+        cache_write=parts[2],
+        output=parts[3],
+        reasoning=parts[4],
+        audio=parts[5],
+        total=sum(parts, ZERO),
+        priced=True,
+        model=model or entry.model_id,
+        provider=entry.provider,
+        entry=entry,
+        source=entry.source,
+        flags=tuple(flags),
+    )
+
+
+_MICRO = Decimal("1E-6")
+
+
+def _prices_for(entry: CatalogEntry, usage: Usage, flags: list[str]) -> Prices:
+    """The prices that apply: the service tier's mode, then any long-context tier."""
     prices = entry.prices
     mode_name = None
     service_tier = usage.service_tier
@@ -97,94 +150,7 @@ def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cos
         elif mode_name and entry.tier_for(usage.input_tokens) is not None:
             # Long-context price of the standard tier applies, but the mode gives none.
             flags.append("context_tier_unpriced")
-    read = usage.cache_read_tokens
-    write_5m = usage.cache_write_tokens
-    write_1h = usage.cache_write_1h_tokens
-    audio_in = usage.input_audio_tokens
-    audio_out = usage.output_audio_tokens
-    reasoning_tokens = usage.reasoning_tokens
-    # Prices are per 1M tokens. Multiplying by 1E-6 only shifts the exponent, so it is
-    # exact, and every step is then the same one Decimal operation.
-    text_in = prices.input * (usage.input_tokens - read - write_5m - write_1h - audio_in) * _MICRO
-    text_out = prices.output * (usage.output_tokens - reasoning_tokens - audio_out) * _MICRO
-    if not (read or write_5m or write_1h or audio_in or audio_out or reasoning_tokens):
-        # The sum below with every part unused: after the first 0E-6 the others add
-        # nothing (the sum's exponent is already at most -6).
-        total = ZERO + text_in + _UNUSED + text_out
-        return _priced_cost(
-            text_in, _UNUSED, _UNUSED, text_out, _UNUSED, _UNUSED, total,
-            model or entry.model_id, entry, tuple(flags),
-        )  # fmt: skip
-    cache_read = cache_write = audio = reasoning = _UNUSED
-    if read:
-        rate = prices.cache_read
-        if rate is None:
-            rate = prices.input
-            flags.append("cache_read_at_input_price")
-        cache_read = rate * read * _MICRO
-    if write_5m or write_1h:
-        cache_write = _cache_writes(entry, prices, usage, flags) * _MICRO
-    if audio_in or audio_out:
-        audio = ZERO
-        if audio_in:
-            rate = prices.input_audio if prices.input_audio is not None else prices.input
-            audio = rate * audio_in
-        if audio_out:
-            rate = prices.output_audio if prices.output_audio is not None else prices.output
-            audio += rate * audio_out
-        audio = audio * _MICRO
-    if reasoning_tokens:
-        rate = prices.reasoning if prices.reasoning is not None else prices.output
-        reasoning = rate * reasoning_tokens * _MICRO
-    total = ZERO + text_in + cache_read + cache_write + text_out + reasoning + audio
-    return _priced_cost(
-        text_in, cache_read, cache_write, text_out, reasoning, audio, total,
-        model or entry.model_id, entry, tuple(flags),
-    )  # fmt: skip
-
-
-_MICRO = Decimal("1E-6")
-# What a token class the call did not use adds: `0E-6`, as `ZERO.scaleb(-6)` always gave.
-_UNUSED = ZERO.scaleb(-6)
-_new = object.__new__
-(
-    _set_input, _set_cache_read, _set_cache_write, _set_output, _set_reasoning, _set_audio,
-    _set_total, _set_priced, _set_model, _set_provider, _set_entry, _set_source, _set_flags,
-    _set_currency,
-) = (Cost.__dict__[name].__set__ for name in Cost.__slots__)  # fmt: skip
-
-
-def _priced_cost(
-    input: Decimal,
-    cache_read: Decimal,
-    cache_write: Decimal,
-    output: Decimal,
-    reasoning: Decimal,
-    audio: Decimal,
-    total: Decimal,
-    model: str,
-    entry: CatalogEntry,
-    flags: tuple[str, ...],
-) -> Cost:
-    """`Cost(...)` for the hot path. The frozen dataclass `__init__` makes 14
-    `object.__setattr__` calls, which took longer than the pricing itself; the slot
-    descriptors set the same fields at a third of the cost."""
-    cost: Cost = _new(Cost)
-    _set_input(cost, input)
-    _set_cache_read(cost, cache_read)
-    _set_cache_write(cost, cache_write)
-    _set_output(cost, output)
-    _set_reasoning(cost, reasoning)
-    _set_audio(cost, audio)
-    _set_total(cost, total)
-    _set_priced(cost, True)
-    _set_model(cost, model)
-    _set_provider(cost, entry.provider)
-    _set_entry(cost, entry)
-    _set_source(cost, entry.source)
-    _set_flags(cost, flags)
-    _set_currency(cost, "USD")
-    return cost
+    return prices
 
 
 def is_anthropic_family(entry: CatalogEntry) -> bool:

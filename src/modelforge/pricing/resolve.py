@@ -16,38 +16,7 @@ from collections.abc import Iterator
 
 from modelforge import config
 from modelforge.pricing.catalog import Catalog, CatalogEntry, get_catalog
-
-# Names frameworks use for a provider (LangChain's `ls_provider`, LiteLLM prefixes…).
-PROVIDER_ALIASES = {
-    "openai": "openai",
-    "azure": "azure",
-    "azure_openai": "azure",
-    "azure-openai": "azure",
-    "azureopenai": "azure",
-    "anthropic": "anthropic",
-    "google": "google",
-    "gemini": "google",
-    "google_genai": "google",
-    "google-genai": "google",
-    "google_ai": "google",
-    "vertex": "google-vertex",
-    "vertexai": "google-vertex",
-    "vertex_ai": "google-vertex",
-    "google_vertexai": "google-vertex",
-    "google-vertex": "google-vertex",
-    "google_anthropic_vertex": "google-vertex",
-    "google-vertex-anthropic": "google-vertex",
-    "bedrock": "amazon-bedrock",
-    "amazon_bedrock": "amazon-bedrock",
-    "amazon-bedrock": "amazon-bedrock",
-    "aws": "amazon-bedrock",
-    "bedrock_converse": "amazon-bedrock",
-    "mistral": "mistral",
-    "mistralai": "mistral",
-    "deepseek": "deepseek",
-    "xai": "xai",
-    "groq": "groq",
-}
+from modelforge.providers import PROVIDER_ALIASES, canonical_provider
 
 # Where a bare model id most likely comes from, when no provider is known.
 _HOME_PROVIDERS = (
@@ -73,11 +42,7 @@ _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
 _VERTEX_PATH = re.compile(r"(?:^|/)publishers/([^/]+)/models/([^/]+)$")
 
 
-def normalise_provider(provider: str | None) -> str | None:
-    if not provider:
-        return None
-    key = provider.strip().lower()
-    return PROVIDER_ALIASES.get(key, key)
+normalise_provider = canonical_provider
 
 
 def candidate_ids(model: str) -> Iterator[tuple[str, str | None]]:
