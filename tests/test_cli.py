@@ -319,7 +319,7 @@ def test_prices_show_and_list() -> None:
     code, out = run("prices", "show", "gpt-4o", "--json")
     entry = json.loads(out)
     assert entry["cost"]["input"] == "2.5" and entry["cost"]["cache_read"] == "1.25"
-    assert entry["source"].startswith("bundled:")
+    assert entry["source"].startswith("curated:")
     code, out = run("prices", "show", "gemini-2.5-pro")
     assert "over 200,000 input tokens" in out
     code, out = run("prices", "show", "gpt-4q")

@@ -88,7 +88,7 @@ def test_update_refreshes_reports_changes_and_keeps_cache_on_failure(
 
     usage = Usage(input_tokens=1000, output_tokens=100)
     cost = price("gpt-4o", usage)
-    assert cost.source is not None and cost.source.startswith("models.dev:")
+    assert cost.source is not None and cost.source.startswith("fetched:")
     assert cost.total == Decimal("0.0035")  # 1000×2.5 + 100×10 per 1M
 
     changed = json.loads(json.dumps(CATALOG))

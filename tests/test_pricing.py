@@ -1,7 +1,7 @@
-"""Pricing rules, id resolution and the three catalog layers.
+"""Pricing rules, id resolution and the catalog layers.
 
 Every expected cost is worked out by hand from the per-1M prices in the table the test
-uses (the bundled `prices.json` unless the test builds its own), never by our code.
+uses (the curated `prices.json` unless the test builds its own), never by our code.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from modelforge.pricing.cost import price
 from modelforge.usage import Usage, from_anthropic, from_bedrock, from_gemini, from_langchain
 
 M = Decimal(10**6)  # prices are per million tokens
-BUNDLED = Path(catalog.__file__).parent / "data" / "prices.json"
+CURATED = Path(catalog.__file__).parent / "data" / "prices.json"
 
 
-def _bundled_as_of(provider: str) -> str:
-    return str(json.loads(BUNDLED.read_text("utf-8"))[provider]["as_of"])
+def _curated_as_of(provider: str) -> str:
+    return str(json.loads(CURATED.read_text("utf-8"))[provider]["as_of"])
 
 
 def _use_catalog(data: dict[str, Any]) -> None:
@@ -519,7 +519,7 @@ def test_unknown_model_strict_names_close_matches() -> None:
     assert "gpt-4o-mini" in caught.value.close_matches
 
 
-# --- layers: override > models.dev cache > bundled ----------------------------------
+# --- layers: override > fetched > curated > base -------------------------------------
 
 OVERRIDE_JSON = {"openai": {"models": {"gpt-4o": {"cost": {"input": 100, "output": 200}}}}}
 OVERRIDE_TOML = "[openai.models.gpt-4o.cost]\ninput = 100\noutput = 200.5\n"
@@ -532,19 +532,19 @@ def _write_models_dev_cache(fetched_at: str = "2026-07-01T00:00:00Z") -> None:
     catalog.models_dev_meta_path().write_text(json.dumps({"fetched_at": fetched_at}), "utf-8")
 
 
-def test_bundled_source_names_its_date() -> None:
+def test_curated_source_names_its_date() -> None:
     cost = price("gpt-4o", Usage(input_tokens=1))
-    assert cost.source == f"bundled:{_bundled_as_of('openai')}"
+    assert cost.source == f"curated:{_curated_as_of('openai')}"
 
 
-def test_models_dev_cache_beats_bundled() -> None:
+def test_fetched_catalog_beats_curated() -> None:
     _write_models_dev_cache()
     cost = price("gpt-4o", Usage(input_tokens=1000, output_tokens=100))
     assert cost.total == Decimal("0.0079")  # 1000*7 + 100*9
-    assert cost.source == "models.dev:2026-07-01T00:00:00Z"
-    # Rows the cache lacks still come from the bundled table.
+    assert cost.source == "fetched:2026-07-01"
+    # Rows the fetched catalog lacks still come from the curated table.
     other = price("claude-sonnet-4-5", Usage(input_tokens=1))
-    assert other.source == f"bundled:{_bundled_as_of('anthropic')}"
+    assert other.source == f"curated:{_curated_as_of('anthropic')}"
 
 
 def test_json_override_from_env_beats_models_dev(
@@ -586,7 +586,7 @@ def test_malformed_override_names_file_model_and_field(
     )
     monkeypatch.setenv("MODELFORGE_PRICES", str(path))
     with pytest.raises(PriceTableError) as caught:
-        price("gpt-4o", Usage(input_tokens=1))
+        catalog.check_override()
     message = str(caught.value)
     assert str(path) in message
     assert "'openai/gpt-4o'" in message
@@ -599,7 +599,7 @@ def test_negative_price_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path.write_text("[acme.models.m1.cost]\ninput = -0.5\noutput = 1\n")
     monkeypatch.setenv("MODELFORGE_PRICES", str(path))
     with pytest.raises(PriceTableError, match=r"'acme/m1'.*'cost.input': must not be negative"):
-        price("m1", Usage(input_tokens=1))
+        catalog.check_override()
 
 
 @pytest.mark.parametrize(
@@ -628,7 +628,7 @@ def test_other_malformed_overrides(
     path.write_text(text)
     monkeypatch.setenv("MODELFORGE_PRICES", str(path))
     with pytest.raises(PriceTableError) as caught:
-        price("m1", Usage(input_tokens=1))
+        catalog.check_override()
     assert str(path) in str(caught.value)
     assert expected in str(caught.value)
 
@@ -646,7 +646,7 @@ def test_cost_is_a_frozen_value() -> None:
     assert "entry=" not in repr(cost)
 
 
-# --- the full models.dev catalog and the bundled table ------------------------------
+# --- the full models.dev catalog and the curated table ------------------------------
 
 
 def test_full_models_dev_catalog_prices_every_model(models_dev_path: Path) -> None:
@@ -681,8 +681,8 @@ def test_full_models_dev_catalog_prices_every_model(models_dev_path: Path) -> No
         )
 
 
-def test_bundled_table_covers_the_main_providers() -> None:
-    data = json.loads(BUNDLED.read_text("utf-8"))
+def test_curated_table_covers_the_main_providers() -> None:
+    data = json.loads(CURATED.read_text("utf-8"))
     wanted = {
         "openai",
         "anthropic",
@@ -702,7 +702,7 @@ def test_bundled_table_covers_the_main_providers() -> None:
         assert provider.get("source"), provider_id
         assert provider["models"], provider_id
     # The whole table parses strictly and every priced row resolves to itself.
-    entries = catalog.bundled_entries()
+    entries = catalog.curated_entries()
     assert len(entries) >= 150
     usage = Usage(input_tokens=10, output_tokens=10)
     for entry in entries:

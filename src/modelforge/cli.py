@@ -255,6 +255,7 @@ def usage(
     if billed:
         result = report.add_billed(conn, result, filters)
     _print_report(result, fmt)
+    _print_staleness()
     if chart or png:
         period = next((g for g in groups if g in report.TIME_GROUPS), "day")
         series = report.usage_report(conn, [period], filters)
@@ -523,9 +524,10 @@ def usage_prune(older_than: str, db: Path | None) -> None:
 def prices() -> None:
     """Look up, compare and refresh model prices (USD per 1M tokens).
 
-    Prices come from three layers, highest first: your override file
-    (MODELFORGE_PRICES or prices.toml/json in the config dir), a models.dev catalog
-    fetched by `prices update`, and the table bundled with model-forge.
+    Prices come from four layers, highest first: your override file
+    (MODELFORGE_PRICES or prices.toml/json in the config dir), the catalog fetched by
+    `prices update`, the curated table bundled with model-forge, and the bundled base
+    layer generated from a models.dev snapshot.
     """
 
 
@@ -542,13 +544,16 @@ def prices_show(model: str, provider: str | None, as_json: bool) -> None:
       modelforge prices show gpt-4o
       modelforge prices show us.anthropic.claude-sonnet-4-5-20250929-v1:0
     """
+    from modelforge.pricing.catalog import check_override
     from modelforge.pricing.resolve import get_resolver
 
+    check_override()
     resolver = get_resolver()
     entry = resolver.resolve(model, provider)
     if entry is None:
         raise UnknownModelError(model, provider, resolver.close_matches(model))
     info = _entry_json(entry)
+    _print_staleness()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -564,6 +569,14 @@ def prices_show(model: str, provider: str | None, as_json: bool) -> None:
         click.echo(f"  over {tier['size']:,} input tokens: {prices_text}")
     for mode, cost in info["modes"].items():
         click.echo(f"  {mode} tier: " + ", ".join(f"{k} {v}" for k, v in cost.items()))
+
+
+def _print_staleness() -> None:
+    from modelforge.pricing.catalog import staleness_notice
+
+    notice = staleness_notice()
+    if notice:
+        click.echo(notice, err=True)
 
 
 def _entry_json(entry: Any) -> dict[str, Any]:
@@ -596,9 +609,10 @@ def prices_list(provider: str | None, search: str | None, as_json: bool) -> None
       modelforge prices list --provider anthropic
       modelforge prices list --search mini
     """
-    from modelforge.pricing.catalog import get_catalog
+    from modelforge.pricing.catalog import check_override, get_catalog
     from modelforge.pricing.resolve import normalise_provider
 
+    check_override()
     wanted = normalise_provider(provider)
     needle = (search or "").lower()
     entries = sorted(
@@ -637,7 +651,7 @@ def prices_list(provider: str | None, search: str | None, as_json: bool) -> None
 @click.option("--url", help="Catalog URL (default: models.dev's api.json).")
 @handle_errors
 def prices_update(url: str | None) -> None:
-    """Refresh prices from models.dev into the user cache dir.
+    """Fetch the current models.dev prices into the user cache dir.
 
     If the download fails, the previous cache is kept.
 
@@ -716,8 +730,11 @@ def prices_estimate(
     """
     from pydantic import ValidationError
 
+    from modelforge.pricing.catalog import check_override
     from modelforge.pricing.cost import price
     from modelforge.usage import Usage
+
+    check_override()
 
     try:
         usage = Usage(

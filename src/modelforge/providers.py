@@ -43,6 +43,10 @@ PROVIDER_ALIASES = {
     "deepseek": "deepseek",
     "xai": "xai",
     "groq": "groq",
+    "together": "togetherai",
+    "together_ai": "togetherai",
+    "togetherai": "togetherai",
+    "openrouter": "openrouter",
 }
 
 # Parts of an LLM class's name (LangChain's "AzureChatOpenAI", LlamaIndex's

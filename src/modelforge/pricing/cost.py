@@ -7,6 +7,7 @@ parts of `output_tokens` (reasoning, output audio) likewise.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -62,8 +63,14 @@ def price(model: str, usage: Usage, provider: str | None = None, strict: bool = 
     if entry is None:
         if strict:
             raise UnknownModelError(model, provider, resolver.close_matches(model))
-        return Cost(model=model, provider=provider, flags=("unknown_model",))
-    return cost_for(entry, usage, model)
+        cost = Cost(model=model, provider=provider, flags=("unknown_model",))
+    else:
+        cost = cost_for(entry, usage, model)
+    if resolver.catalog.rejected:
+        # The override file was rejected at load: its prices, which may have been meant
+        # for this model, are not applied.
+        cost = dataclasses.replace(cost, flags=(*cost.flags, "price_override_rejected"))
+    return cost
 
 
 def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cost:

@@ -1,4 +1,4 @@
-"""`modelforge prices update`: refresh the models.dev layer in the user cache dir."""
+"""`modelforge prices update`: refresh the fetched price layer in the user cache dir."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from pathlib import Path
 from modelforge.errors import PriceTableError, PriceUpdateError
 from modelforge.pricing.catalog import (
     CatalogEntry,
+    Layer,
+    compact,
+    fetched_data,
     load_json_text,
     models_dev_cache_path,
-    models_dev_entries,
     models_dev_meta_path,
     parse_api_json,
     set_catalog,
@@ -37,10 +39,11 @@ class UpdateResult:
 
 
 def update_models_dev(url: str = DEFAULT_URL, timeout: float = 30.0) -> UpdateResult:
-    """Download a models.dev catalog and make it the models.dev layer.
+    """Download a models.dev catalog and make it the fetched layer.
 
     Nothing is replaced unless the download parses and prices at least one model, so a
-    failed update keeps the previous cache.
+    failed update keeps the previous cache. It is saved in the compact form of the base
+    layer, so loading it later costs what loading the base layer does.
     """
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -62,13 +65,14 @@ def update_models_dev(url: str = DEFAULT_URL, timeout: float = 30.0) -> UpdateRe
         raise PriceUpdateError(f"{exc}; kept the previous catalog") from None
     if not entries:
         raise PriceUpdateError(f"{url} has no priced models; kept the previous catalog")
-    previous = {e.key.lower(): e for e in models_dev_entries()}
+    previous = {e.key.lower(): e for e in Layer("previous", fetched_data).entries()}
     current = {e.key.lower(): e for e in entries}
     changed = sum(1 for k, e in current.items() if k in previous and _differs(previous[k], e))
     fetched_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     path = models_dev_cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, body)
+    saved = compact(data, source=url, as_of=fetched_at)
+    _write_atomically(path, json.dumps(saved, default=str, separators=(",", ":")).encode())
     _write_atomically(
         models_dev_meta_path(), json.dumps({"url": url, "fetched_at": fetched_at}).encode()
     )
