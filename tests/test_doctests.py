@@ -12,6 +12,8 @@ MODULES = [
     "modelforge.usage",
     "modelforge.pricing.cost",
     "modelforge.session",
+    "modelforge.money",
+    "modelforge.hooks",
     "modelforge.providers",
     "modelforge.integrations.langchain",
     "modelforge.integrations.llamaindex",

@@ -25,6 +25,7 @@ _EXPORTS = {
     "CallRecord": "modelforge.records",
     "track_usage": "modelforge.session",
     "UsageSession": "modelforge.session",
+    "on_record": "modelforge.hooks",
     "flush": "modelforge.store",
     "stats": "modelforge.store",
     "UsageLog": "modelforge.store",
@@ -68,6 +69,7 @@ __all__ = [
     "estimate_cost",
     "extract_usage",
     "flush",
+    "on_record",
     "price",
     "stats",
     "track_usage",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:
         UnsupportedMessageError,
         UsageLogError,
     )
+    from modelforge.hooks import on_record
     from modelforge.integrations.langchain import UsageCallbackHandler
     from modelforge.pricing.cost import Cost, price
     from modelforge.records import CallRecord

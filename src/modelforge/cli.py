@@ -1,17 +1,20 @@
 """The `modelforge` command. Commands parse options, call one library function, print.
 
-Exit codes: 0 success, 2 bad usage (unknown --by, malformed date, missing --db file),
-1 any other failure.
+Exit codes: 0 success, 2 bad usage (unknown --by, malformed date), 1 any other failure.
+A log that does not exist yet reads as an empty one, with a note on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,49 +67,89 @@ def db_option(fn: F) -> F:
     )(fn)
 
 
-def filter_options(fn: F) -> F:
-    options = [
-        click.option("--since", help="Only calls since: 7d, 24h, 30m, 2026-11-01 or ISO time."),
-        click.option("--until", help="Only calls before this time (same forms as --since)."),
-        click.option("--model", "model_glob", help="Model glob, e.g. 'gpt-4o*'."),
-        click.option("--provider", help="Provider, e.g. openai."),
-        click.option("--agent", help="Agent (LangGraph node or `agent` metadata)."),
-        click.option("--tag", help="Only calls carrying this tag."),
-        click.option(
-            "--where",
-            "where",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Attribute filter on the attrs JSON; repeatable.",
-        ),
-    ]
+def _apply(fn: F, options: Sequence[Callable[[F], F]]) -> F:
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
+def time_options(fn: F) -> F:
+    return _apply(
+        fn,
+        [
+            click.option("--since", help="Only calls since: 7d, 24h, 30m, 2026-11-01 or ISO time."),
+            click.option("--until", help="Only calls before this time (same forms as --since)."),
+        ],
+    )
+
+
+def scope_options(fn: F) -> F:
+    return _apply(
+        fn,
+        [
+            click.option(
+                "--model",
+                "model_glob",
+                help="Model glob over the catalog model and the logged names, e.g. 'gpt-4o*'.",
+            ),
+            click.option("--provider", help="Provider, e.g. openai."),
+            click.option("--agent", help="Agent (LangGraph node or `agent` metadata)."),
+            click.option("--tag", help="Only calls carrying this tag."),
+            click.option(
+                "--where",
+                "where",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Attribute filter on the attrs JSON; repeatable.",
+            ),
+        ],
+    )
+
+
+def filter_options(fn: F) -> F:
+    return time_options(scope_options(fn))
+
+
 def output_options(fn: F) -> F:
+    """Add --format/--json/--csv; the command gets one `fmt`, checked before it runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, fmt: str | None, as_json: bool, as_csv: bool, **kwargs: Any) -> Any:
+        return fn(*args, fmt=_pick_format(fmt, as_json, as_csv), **kwargs)
+
     options = [
         click.option(
             "--format",
             "fmt",
             type=click.Choice(FORMATS),
-            default="table",
-            show_default=True,
+            show_default="table",
             help="Output format.",
         ),
         click.option("--json", "as_json", is_flag=True, help="Same as --format json."),
         click.option("--csv", "as_csv", is_flag=True, help="Same as --format csv."),
     ]
+    command: Any = wrapper
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        command = option(command)
+    return command  # type: ignore[no-any-return]
 
 
-def _pick_format(fmt: str, as_json: bool, as_csv: bool) -> str:
-    if as_json and as_csv:
-        raise click.UsageError("--json and --csv cannot be used together")
-    return "json" if as_json else "csv" if as_csv else fmt
+def _pick_format(fmt: str | None, as_json: bool, as_csv: bool) -> str:
+    """The one format asked for; two different ones are bad usage, whatever their order."""
+    asked = {f"--format {fmt}": fmt} if fmt else {}
+    if as_json:
+        asked["--json"] = "json"
+    if as_csv:
+        asked["--csv"] = "csv"
+    if len(set(asked.values())) > 1:
+        raise click.UsageError(f"{' and '.join(asked)} ask for different formats; give one")
+    return next(iter(asked.values()), "table")
+
+
+def by_model_or_agent(fn: F) -> F:
+    return click.option(
+        "--by", "by", type=click.Choice(["model", "agent"]), help="One row per model or agent."
+    )(fn)
 
 
 def _filters(
@@ -131,24 +174,26 @@ def _filters(
     )
 
 
-def _open_log(db: Path | None) -> Any:
-    """Open the log for reading. A missing --db file is bad usage (exit 2)."""
-    from modelforge.store import open_db
+def _open_log(db: Path | None) -> sqlite3.Connection:
+    """The log, for reading. With no log file there yet, an empty log and a note on
+    stderr: every report then prints what it prints for a log with nothing in range, so
+    `--json` and `--csv` always print a valid document."""
+    from modelforge.store import empty_log, open_db
 
-    if db is not None:
-        if not db.exists():
-            raise click.UsageError(f"--db: no usage log at {db}")
-        return open_db(db, create=False)
-    path = config.default_db_path()
+    path = db if db is not None else config.default_db_path()
     if not path.exists():
-        return None
+        origin = "--db" if db is not None else config.db_path_origin(path)
+        click.echo(f"No usage log at {path} ({origin}): nothing recorded there yet.", err=True)
+        if db is None:
+            click.echo("Run `modelforge demo` to try a report, or record calls first.", err=True)
+        return empty_log()
     return open_db(path, create=False)
 
 
 def _money(amount: Decimal | None) -> str:
-    from modelforge.money import money_text
+    from modelforge.money import format_usd
 
-    return "—" if amount is None else f"${money_text(amount)}"
+    return format_usd(amount)
 
 
 # --- the group ------------------------------------------------------------------------
@@ -187,10 +232,20 @@ def main() -> None:
     "group_by",
     multiple=True,
     metavar="GROUP",
-    help="Group by day, week, month, hour, model, provider, agent, tag, trace or an "
-    "attribute key; repeatable.",
+    help="Group by day, week, month, hour, model (the catalog model a call was priced as), "
+    "requested_model, served_model, provider, agent, tag, trace, status, framework, "
+    "operation or an attribute key; repeatable.",
 )
 @output_options
+@click.option(
+    "--breakdown", is_flag=True, help="Put per-model rows under each row (implies --by day)."
+)
+@click.option(
+    "--tz",
+    default="UTC",
+    show_default=True,
+    help="Time zone periods are counted in, e.g. Europe/Paris.",
+)
 @click.option("--chart", is_flag=True, help="Draw cost per period as a terminal bar chart.")
 @click.option(
     "--billed",
@@ -217,8 +272,8 @@ def usage(
     where: tuple[str, ...],
     group_by: tuple[str, ...],
     fmt: str,
-    as_json: bool,
-    as_csv: bool,
+    breakdown: bool,
+    tz: str,
     chart: bool,
     billed: bool,
     png: Path | None,
@@ -227,12 +282,14 @@ def usage(
     """Report calls, tokens and cost from the usage log.
 
     Records that were estimated (no usage from the provider) or unpriced (model not
-    in the price table) are counted and listed, never shown as $0.
+    in the price table) are counted and listed, never shown as $0: a row shows its
+    priced calls' cost and how many were unpriced, or — when none was priced.
 
     \b
     Examples:
       modelforge usage --since 7d
       modelforge usage --by day --by model --format json
+      modelforge usage --by month --breakdown --tz Europe/Paris
       modelforge usage --by agent --where project=search --chart
       modelforge usage --since 30d --billed
     """
@@ -240,26 +297,23 @@ def usage(
         return
     from modelforge import report
 
-    fmt = _pick_format(fmt, as_json, as_csv)
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
     group_by = group_by or (("day",) if billed else ())
     groups = report.check_groups(group_by)
     if billed:
         report.check_billed(groups, filters)
+        if breakdown:
+            raise click.UsageError("--billed and --breakdown cannot be used together")
     conn = _open_log(db)
-    if conn is None:
-        click.echo(f"No usage recorded yet (looked for {config.default_db_path()}).", err=True)
-        click.echo("Run `modelforge demo` to see a report, or record calls first.", err=True)
-        return
-    result = report.usage_report(conn, group_by, filters)
+    result = report.usage_report(conn, group_by, filters, tz=tz, breakdown=breakdown)
     if billed:
         result = report.add_billed(conn, result, filters)
     _print_report(result, fmt)
     _print_staleness()
     if chart or png:
-        period = next((g for g in groups if g in report.TIME_GROUPS), "day")
-        series = report.usage_report(conn, [period], filters)
-        points = [(str(r[period]), r["cost_usd"]) for r in series.rows]
+        period = next((g for g in result.group_by if g in report.TIME_GROUPS), "day")
+        series = report.usage_report(conn, [period], filters, tz=tz)
+        points = [(str(r[period]), r["cost_usd"] or Decimal(0)) for r in series.rows]
         if chart:
             _draw_chart(points, period)
         if png:
@@ -283,27 +337,33 @@ _BILLED_COLUMN = (("billed_usd", "Billed (USD)"),)
 
 
 def _print_report(result: Any, fmt: str) -> None:
-    keys = [g.removeprefix("attr:") for g in result.group_by]
-    columns = _REPORT_COLUMNS + (_BILLED_COLUMN if "billed_usd" in result.totals else ())
     if fmt == "json":
         click.echo(json.dumps(result.as_json(), indent=2))
         return
-    rows = [*result.rows, {**dict.fromkeys(keys, None), **result.totals}]
-    labels = [{k: ("TOTAL" if i == 0 else "") for i, k in enumerate(keys)}] if keys else [{}]
+    keys = [g.removeprefix("attr:") for g in result.group_by]
+    columns = _REPORT_COLUMNS + (_BILLED_COLUMN if "billed_usd" in result.totals else ())
+    model_key = ["model"] if result.breakdown else []
+    total_keys = {k: ("TOTAL" if i == 0 else "") for i, k in enumerate([*keys, *model_key])}
     if fmt == "csv":
+        # One row per group, or with --breakdown per group and model; then the total.
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(keys + [c for c, _ in columns])
-        for n, row in enumerate(rows):
-            last = n == len(rows) - 1
-            key_cells = [labels[0][k] if last else _cell(row[k]) for k in keys]
-            writer.writerow(key_cells + [_cell(row[c]) for c, _ in columns])
+        writer.writerow([*keys, *model_key] + [c for c, _ in columns])
+        for row in result.rows:
+            for line in row.get("breakdown") or [row]:
+                cells = [_cell(row[k]) for k in keys] + [_cell(line[k]) for k in model_key]
+                writer.writerow(cells + [_cell(line[c]) for c, _ in columns])
+        total = [total_keys[k] for k in [*keys, *model_key]]
+        writer.writerow(total + [_cell(result.totals[c]) for c, _ in columns])
         return
-    header = [k.capitalize() for k in keys] + [title for _, title in columns]
-    body = []
-    for n, row in enumerate(rows):
-        last = n == len(rows) - 1
-        key_cells = [labels[0][k] if last else _cell(row[k]) for k in keys]
-        body.append(key_cells + [_display(c, row[c]) for c, _ in columns])
+    header = [k.capitalize() for k in [*keys, *model_key]] + [title for _, title in columns]
+    body, ends = [], []
+    for row in result.rows:
+        body.append([_cell(row[k]) for k in keys] + [""] * len(model_key) + _sums(row, columns))
+        for line in row.get("breakdown") or []:
+            key_cells = [""] * len(keys) + [f"└ {_cell(line['model'])}"]
+            body.append(key_cells + _sums(line, columns))
+        ends.append(len(body) - 1)
+    body.append(list(total_keys.values()) + _sums(result.totals, columns))
     if fmt == "markdown":
         click.echo(_markdown(header, body))
     else:
@@ -311,10 +371,13 @@ def _print_report(result: Any, fmt: str) -> None:
 
         table = Table(show_footer=False)
         for i, title in enumerate(header):
-            table.add_column(title, justify="left" if i < len(keys) else "right")
+            table.add_column(title, justify="left" if i < len(keys) + len(model_key) else "right")
+        last_group = len(body) - 2
         for n, cells in enumerate(body):
-            table.add_row(*cells, end_section=n == len(body) - 2)
+            table.add_row(*cells, end_section=n == last_group or (result.breakdown and n in ends))
         _console().print(table)
+    if any(g in ("hour", "day", "week", "month") for g in result.group_by):
+        click.echo(f"Periods are in {result.tz}.")
     if result.unpriced:
         click.echo("\nUnpriced calls (not in the price table, not counted as $0):")
         for item in result.unpriced:
@@ -324,6 +387,18 @@ def _print_report(result: Any, fmt: str) -> None:
     estimated = result.totals["estimated_calls"]
     if estimated:
         click.echo(f"\n{estimated} call(s) have estimated token counts (no usage from provider).")
+
+
+def _sums(row: dict[str, Any], columns: Sequence[tuple[str, str]]) -> list[str]:
+    return [_cost_cell(row) if c == "cost_usd" else _display(c, row[c]) for c, _ in columns]
+
+
+def _cost_cell(row: dict[str, Any]) -> str:
+    """Priced calls' cost, plus how many were unpriced; — when none was priced."""
+    cost, unpriced = row["cost_usd"], row["unpriced_calls"]
+    if cost is None:
+        return "—"
+    return _money(cost) + (f" + {unpriced} unpriced" if unpriced else "")
 
 
 def _cell(value: Any) -> str:
@@ -346,6 +421,38 @@ def _markdown(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
+
+
+def _tabulate(
+    columns: Sequence[tuple[str, str, Callable[[Any], str]]],
+    rows: Sequence[dict[str, Any]],
+    fmt: str,
+    title: str | None = None,
+    total: bool = False,
+) -> None:
+    """Rows of exact values as CSV (exact), Markdown or a table (each shown by its
+    column's formatter; text columns left-aligned). `total`: the last row is a total."""
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow([key for key, _, _ in columns])
+        for row in rows:
+            writer.writerow([_cell(row.get(key)) for key, _, _ in columns])
+        return
+    header = [title_ for _, title_, _ in columns]
+    body = [[shown(row.get(key)) for key, _, shown in columns] for row in rows]
+    if fmt == "markdown":
+        if title:
+            click.echo(f"**{title}**\n")
+        click.echo(_markdown(header, body))
+        return
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for _, title_, shown in columns:
+        table.add_column(title_, justify="left" if shown is _cell else "right")
+    for n, cells in enumerate(body):
+        table.add_row(*cells, end_section=total and n == len(body) - 2)
+    _console().print(table)
 
 
 def _draw_chart(points: list[tuple[str, Decimal]], period: str, width: int = 40) -> None:
@@ -383,7 +490,7 @@ def _write_png(points: list[tuple[str, Decimal]], period: str, path: Path) -> No
 @usage.command("calls")
 @filter_options
 @click.option("-n", "--count", default=20, show_default=True, help="How many calls to show.")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@output_options
 @db_option
 @handle_errors
 def usage_calls(
@@ -395,7 +502,7 @@ def usage_calls(
     tag: str | None,
     where: tuple[str, ...],
     count: int,
-    as_json: bool,
+    fmt: str,
     db: Path | None,
 ) -> None:
     """List recent calls, newest first.
@@ -410,35 +517,43 @@ def usage_calls(
     if count < 1:
         raise click.UsageError("-n/--count must be at least 1")
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
-    conn = _open_log(db)
-    rows = report.recent_calls(conn, count, filters) if conn is not None else []
-    if as_json:
+    rows = report.recent_calls(_open_log(db), count, filters)
+    if fmt == "json":
         for row in rows:
             row["tags"] = json.loads(row["tags"]) if row["tags"] else []
             row["attrs"] = json.loads(row["attrs"]) if row["attrs"] else {}
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(report.CALL_COLUMNS)
+        writer.writerows([_cell(row[c]) for c in report.CALL_COLUMNS] for row in rows)
+        return
+    columns: list[tuple[str, str, Callable[[Any], str]]] = [
+        ("time", "Time (UTC)", _cell),
+        ("model", "Model", _cell),
+        ("provider", "Provider", _cell),
+        ("input_tokens", "Input", _count),
+        ("cache_read_tokens", "Cached", _count),
+        ("output_tokens", "Output", _count),
+        ("cost", "Cost", _cell),
+        ("status", "Status", _cell),
+    ]
+    shown = [
+        {
+            **row,
+            "time": row["ts"][:19].replace("T", " "),
+            "model": row["response_model"] or row["model"] or "?",
+            "cost": _money(Decimal(row["cost_usd"])) if row["cost_usd"] else "unpriced",
+            "status": row["status"] + (" (est.)" if row["estimated"] else ""),
+        }
+        for row in rows
+    ]
+    _tabulate(columns, shown, fmt)
 
-    table = Table()
-    for title in ("Time (UTC)", "Model", "Provider", "Input", "Cached", "Output", "Cost", "Status"):
-        table.add_column(
-            title, justify="right" if title in ("Input", "Cached", "Output", "Cost") else "left"
-        )
-    for row in rows:
-        cost = _money(Decimal(row["cost_usd"])) if row["cost_usd"] else "unpriced"
-        status = row["status"] + (" (est.)" if row["estimated"] else "")
-        table.add_row(
-            row["ts"][:19].replace("T", " "),
-            row["response_model"] or row["model"] or "?",
-            row["provider"] or "",
-            f"{row['input_tokens']:,}",
-            f"{row['cache_read_tokens']:,}",
-            f"{row['output_tokens']:,}",
-            cost,
-            status,
-        )
-    _console().print(table)
+
+def _count(value: Any) -> str:
+    return "" if value is None else f"{value:,}"
 
 
 @usage.command("export")
@@ -473,10 +588,7 @@ def usage_export(
     from modelforge import report
 
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
-    conn = _open_log(db)
-    if conn is None:
-        return
-    names, rows = report.export_rows(conn, filters)
+    names, rows = report.export_rows(_open_log(db), filters)
     stream: Any = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     try:
         _write_rows(stream, fmt, names, rows)
@@ -512,9 +624,272 @@ def usage_prune(older_than: str, db: Path | None) -> None:
     from modelforge import report
 
     age = report.parse_age(older_than)
-    conn = _open_log(db)
-    deleted = report.prune(conn, age) if conn is not None else 0
+    deleted = report.prune(_open_log(db), age)
     click.echo(f"Deleted {deleted} call(s) older than {older_than}.")
+
+
+@usage.command("watch")
+@filter_options
+@click.option("--session", help="Only this session's calls (track_usage(session=...)).")
+@click.option(
+    "--window",
+    type=click.IntRange(1, 24 * 60),
+    default=15,
+    show_default=True,
+    help="Minutes the burn rate is measured over.",
+)
+@click.option(
+    "--last", type=click.IntRange(0, 100), default=8, show_default=True, help="Calls listed."
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and tests).")
+@db_option
+@handle_errors
+def usage_watch(
+    since: str | None,
+    until: str | None,
+    model_glob: str | None,
+    provider: str | None,
+    agent: str | None,
+    tag: str | None,
+    where: tuple[str, ...],
+    session: str | None,
+    window: int,
+    last: int,
+    interval: float,
+    once: bool,
+    db: Path | None,
+) -> None:
+    """A live view of the log: totals, cost by agent and by model, the burn rate and
+    the last calls, redrawn every second while other processes write the log.
+
+    Covers today (UTC) unless --since or --session says otherwise. Each refresh reads
+    only the rows written since the last one. Press q or Ctrl-C to leave.
+
+    \b
+    Examples:
+      modelforge usage watch
+      modelforge usage watch --session nightly-run --window 5
+      modelforge usage watch --agent researcher --once
+    """
+    from modelforge.watch import Watcher, render, run
+
+    filters = _filters(since, until, model_glob, provider, agent, tag, where)
+    if session:
+        filters.where.append(("session", session))
+    elif not since:
+        filters.since = _today_start()
+    scope = f"session {session}" if session else f"since {filters.since[:16].replace('T', ' ')}"
+    path = db if db is not None else config.default_db_path()
+    watcher = Watcher(path, filters, timedelta(minutes=window), last, scope=scope + " UTC")
+    if once:
+        _console().print(render(watcher.refresh()))
+        return
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the documented way out
+        run(watcher, _console(), interval)
+
+
+def _today_start() -> str:
+    from modelforge.records import format_ts
+
+    now = datetime.now(timezone.utc)
+    return format_ts(now.replace(hour=0, minute=0, second=0, microsecond=0))
+
+
+@usage.command("forecast")
+@scope_options
+@click.option(
+    "--until", "until", help="Forecast to month-end (the default), or a date or ISO time."
+)
+@click.option(
+    "--hours", type=click.FloatRange(0, min_open=True), help="Forecast the next N hours instead."
+)
+@click.option(
+    "--days",
+    type=click.IntRange(1, 366),
+    default=14,
+    show_default=True,
+    help="Complete UTC days of history the rate comes from.",
+)
+@by_model_or_agent
+@output_options
+@db_option
+@handle_errors
+def usage_forecast(
+    model_glob: str | None,
+    provider: str | None,
+    agent: str | None,
+    tag: str | None,
+    where: tuple[str, ...],
+    until: str | None,
+    hours: float | None,
+    days: int,
+    by: str | None,
+    fmt: str,
+    db: Path | None,
+) -> None:
+    """Project cost and tokens from the recent daily rate, with a range.
+
+    The rate is the mean over the last --days complete UTC days; the range is that
+    mean ± one standard deviation of the days, grown with the square root of the
+    horizon. With budgets configured, says when each would run out.
+
+    \b
+    Examples:
+      modelforge usage forecast
+      modelforge usage forecast --hours 24 --by agent
+      modelforge usage forecast --until 2026-12-31 --by model --json
+    """
+    from modelforge.forecast import forecast
+
+    if until and hours:
+        raise click.UsageError("give --until or --hours, not both")
+    filters = _filters(None, None, model_glob, provider, agent, tag, where)
+    result = forecast(
+        _open_log(db), until=until or "month-end", hours=hours, days=days, by=by, filters=filters
+    )
+    if fmt == "json":
+        click.echo(json.dumps(result.as_json(), indent=2))
+        return
+    data = result.as_json()
+    so_far = result.period_start is not None
+    key = by or "group"
+    columns: list[tuple[str, str, Callable[[Any], str]]] = [
+        (key, (by or "").capitalize() or "All", _cell),
+        ("daily_usd_mean", "Per day", _usd_text),
+        ("usd", "Projected", _usd_text),
+        ("usd_range", "Range", _cell),
+    ]
+    if so_far:
+        columns += [
+            ("spent_usd", "Month so far", _usd_text),
+            ("total_usd", "Month total", _usd_text),
+        ]
+    columns += [("tokens", "Tokens", _count), ("unpriced_calls", "Unpriced", _count)]
+    rows = [*data["rows"], {key: "TOTAL" if by else "all", **data["totals"]}]
+    if not by:
+        rows = rows[-1:]
+    for row in rows:
+        row["usd_range"] = f"{_usd_text(row['usd_low'])} – {_usd_text(row['usd_high'])}"
+    title = (
+        f"Forecast to {result.target} ({result.horizon_hours:.1f} h from now), from {result.basis}"
+    )
+    if fmt == "csv":
+        for row in rows:
+            del row["usd_range"]
+        columns = [c for c in columns if c[0] != "usd_range"] + [
+            ("usd_low", "", _cell),
+            ("usd_high", "", _cell),
+        ]
+    _tabulate(columns, rows, fmt, title=title if fmt != "csv" else None, total=bool(by))
+    if fmt != "csv":
+        for budget in result.budgets:
+            when = budget.runs_out.strftime("%Y-%m-%d %H:%M UTC") if budget.runs_out else None
+            click.echo(
+                f"Budget {budget.name}: {_money(budget.spent_usd)} of {_money(budget.limit_usd)}"
+                + (f", runs out {when}" if when else ", lasts past the period's end")
+            )
+
+
+def _usd_text(value: Any) -> str:
+    return "" if value is None else _money(Decimal(value))
+
+
+@usage.command("efficiency")
+@filter_options
+@by_model_or_agent
+@click.option("--as-model", help="Also price the same token counts on this model.")
+@click.option(
+    "--top",
+    type=click.IntRange(0, 1000),
+    default=5,
+    show_default=True,
+    help="How many of the costliest traces to list.",
+)
+@output_options
+@db_option
+@handle_errors
+def usage_efficiency(
+    since: str | None,
+    until: str | None,
+    model_glob: str | None,
+    provider: str | None,
+    agent: str | None,
+    tag: str | None,
+    where: tuple[str, ...],
+    by: str | None,
+    as_model: str | None,
+    top: int,
+    fmt: str,
+    db: Path | None,
+) -> None:
+    """How the calls use their tokens: averages per call, cache hit rate, dollars
+    saved by prompt caching, reasoning share, output/input ratio, costliest traces.
+
+    Covers the last 30 days unless --since says otherwise. --as-model reprices the
+    same token counts, exactly, on another model.
+
+    \b
+    Examples:
+      modelforge usage efficiency
+      modelforge usage efficiency --by model --since 7d
+      modelforge usage efficiency --by agent --as-model gpt-4o-mini --json
+    """
+    from modelforge.efficiency import DEFAULT_SINCE, efficiency
+
+    filters = _filters(since or DEFAULT_SINCE, until, model_glob, provider, agent, tag, where)
+    result = efficiency(_open_log(db), filters, by=by, as_model=as_model, top=top)
+    data = result.as_json()
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+        return
+    key = by or "group"
+    columns: list[tuple[str, str, Callable[[Any], str]]] = [
+        (key, (by or "").capitalize() or "All", _cell),
+        ("calls", "Calls", _count),
+        ("avg_input_tokens", "Avg in", _number),
+        ("avg_output_tokens", "Avg out", _number),
+        ("cache_hit_rate", "Cache hit", _share),
+        ("cache_savings_usd", "Saved by cache", _usd_text),
+        ("reasoning_share", "Reasoning", _share),
+        ("output_input_ratio", "Out/in", _number),
+        ("cost_usd", "Cost", _usd_text),
+    ]
+    if as_model:
+        columns.append(("as_model_cost_usd", f"As {result.as_model}", _usd_text))
+    rows = [*data["rows"], {key: "TOTAL" if by else "all", **data["totals"]}]
+    if not by:
+        rows = rows[-1:]
+    since_text = filters.since[:10] if filters.since else "the start"
+    _tabulate(columns, rows, fmt, title=f"Efficiency since {since_text}", total=bool(by))
+    if fmt == "csv" or not result.traces:
+        return
+    trace_columns: list[tuple[str, str, Callable[[Any], str]]] = [
+        ("trace", "Trace", _cell),
+        ("first_ts", "First call (UTC)", _cell),
+        ("calls", "Calls", _count),
+        ("cost_usd", "Cost", _usd_text),
+        ("models", "Models", _cell),
+    ]
+    traces = [
+        {**t, "first_ts": t["first_ts"][:19].replace("T", " "), "models": ", ".join(t["models"])}
+        for t in data["costliest_traces"]
+    ]
+    _tabulate(trace_columns, traces, fmt, title=f"The {len(traces)} costliest traces")
+
+
+def _number(value: Any) -> str:
+    return "" if value is None else f"{value:,}"
+
+
+def _share(value: Any) -> str:
+    return "" if value is None else f"{value:.1%}"
 
 
 # --- prices ---------------------------------------------------------------------------
@@ -1014,7 +1389,8 @@ def reconcile(
     "--db",
     "db",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Log file for the demo's calls (default: the usual usage log).",
+    help="Log file for the demo's calls (default: demo.db in the user data dir, never the "
+    "usage log).",
 )
 @click.option("--live", is_flag=True, help="Call the real OpenAI and Anthropic APIs (needs keys).")
 @handle_errors
@@ -1023,7 +1399,8 @@ def demo(db: Path | None, live: bool) -> None:
 
     Without --live it needs no API key and no network: a loopback server inside this
     process answers in the OpenAI and Anthropic wire formats, and the real
-    ChatOpenAI and ChatAnthropic classes talk to it.
+    ChatOpenAI and ChatAnthropic classes talk to it. Its calls go to a log of their
+    own, so your usage log keeps only your calls.
 
     \b
     Examples:
@@ -1039,15 +1416,24 @@ def demo(db: Path | None, live: bool) -> None:
             f"the demo needs LangChain's clients ({exc.name}): pip install 'model-forge[all]'"
         ) from None
     click.echo(result.summary)
-    from modelforge import report
-
-    conn = _open_log(result.db) if result.persisted else None
-    if conn is None:
+    if not result.recording:
         click.echo("(telemetry is off: the calls above were not written to a log)")
         return
+    if not result.written:
+        click.echo(
+            f"(the demo log {result.db} could not be written: the calls above were not "
+            "recorded; choose another file with --db)"
+        )
+        return
+    from modelforge import report
+    from modelforge.store import open_db
+
     filters = report.Filters(where=[("demo_run", result.demo_run)])
+    conn = open_db(result.db, create=False)
     _print_report(report.usage_report(conn, ["model"], filters), "table")
-    click.echo(f"\nLog: {result.db}   Try: modelforge usage --db {result.db} --by model")
+    click.echo(f"\nThe demo's calls are in their own log, {result.db}. Look at them with:")
+    click.echo(f"  modelforge usage --db {result.db} --by model")
+    click.echo(f"  modelforge usage efficiency --db {result.db} --by model")
 
 
 @cli.command("completion")

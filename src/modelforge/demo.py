@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from modelforge import config
-from modelforge.money import money_text
+from modelforge.money import format_usd
 from modelforge.session import UsageSession, track_usage
-from modelforge.store import flush
+from modelforge.store import get_log
 
 OPENAI_MODEL = "gpt-4o"
 ANTHROPIC_MODEL = "claude-sonnet-4-5-20250929"
@@ -55,11 +55,21 @@ REASONING_CALL_USAGE = {
 }
 
 
+DEMO_LOG = "demo.db"
+
+
+def default_demo_log() -> Path:
+    """The demo's own log, beside the usage log's default place: the demo never writes
+    its made-up calls into the log your real calls go to."""
+    return config.data_dir() / DEMO_LOG
+
+
 @dataclass
 class DemoResult:
     session: UsageSession
     db: Path
-    persisted: bool
+    recording: bool  # telemetry on: the calls were meant for the log
+    written: bool  # and they reached it
     demo_run: str
     summary: str
 
@@ -114,10 +124,12 @@ def run_demo(db: Path | str | None = None, live: bool = False) -> DemoResult:
     from langchain_openai import ChatOpenAI
 
     demo_run = uuid.uuid4().hex[:12]
-    log_path = Path(db) if db else config.default_db_path()
+    log_path = Path(db) if db else default_demo_log()
     with (
         _endpoints(live) as endpoints,
-        track_usage(db=log_path, project="modelforge-demo", demo_run=demo_run) as session,
+        track_usage(
+            db=log_path, project="modelforge-demo", user_id="demo-user", demo_run=demo_run
+        ) as session,
     ):
         summarise = (
             ChatPromptTemplate.from_messages(
@@ -156,10 +168,9 @@ def run_demo(db: Path | str | None = None, live: bool = False) -> DemoResult:
         plan.invoke(
             {"review": review_text}, config={"tags": ["demo"], "metadata": {"agent": "planner"}}
         )
-    persisted = config.telemetry_status().enabled
-    if persisted:
-        flush()
-    return DemoResult(session, log_path, persisted, demo_run, _summary(session, live))
+    recording = config.telemetry_status().enabled
+    written = recording and get_log(log_path).flush() and log_path.exists()
+    return DemoResult(session, log_path, recording, written, demo_run, _summary(session, live))
 
 
 def _summary(session: UsageSession, live: bool) -> str:
@@ -174,8 +185,8 @@ def _summary(session: UsageSession, live: bool) -> str:
             details.append(f"{usage.cache_write_tokens:,} cache write")
         if usage.reasoning_tokens:
             details.append(f"{usage.reasoning_tokens:,} reasoning")
-        cost = f"${money_text(record.cost.total)}" if record.cost.priced else "unpriced"
+        cost = format_usd(record.cost.total) if record.cost.priced else "unpriced"
         name = record.response_model or record.model
         lines.append(f"  {name:<28} {', '.join(details):<60} {cost}")
-    lines.append(f"  {'total':<28} {'':<60} ${money_text(session.total_cost)}")
+    lines.append(f"  {'total':<28} {'':<60} {format_usd(session.total_cost)}")
     return "\n".join(lines)

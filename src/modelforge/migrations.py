@@ -311,12 +311,22 @@ def m004_billed(db: sqlite3.Connection) -> None:
     )
 
 
+def m007_session_index(db: sqlite3.Connection) -> None:
+    """An index on the `session` attribute that `track_usage(session=...)` records, so a
+    resumed session and `usage watch --session` find its calls without a scan."""
+    db.execute(
+        """CREATE INDEX idx_calls_session ON calls (json_extract(attrs, '$.session'))
+    WHERE json_extract(attrs, '$.session') IS NOT NULL"""
+    )
+
+
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: tuple[Migration, ...] = (
     m001_create_calls,
     m002_hourly_rollup,
     m003_rollup_by_triggers,
     m004_billed,
+    m007_session_index,
 )
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)
 

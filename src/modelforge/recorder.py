@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelforge import config
+from modelforge import config, hooks
 from modelforge.records import CallRecord, clean_attrs
 from modelforge.session import current_sessions
 
@@ -54,6 +54,10 @@ def deliver(
     stack = _merge(tuple(sessions), current_sessions())
     if stack:
         record.attrs = clean_attrs(*(s.attrs for s in stack), record.attrs)
+    if record.agent is None and record.attrs.get("agent"):
+        # `track_usage(agent="x")` names the agent of calls that do not name their own
+        # (a LangGraph node or `agent` metadata on the call is more specific).
+        record.agent = record.attrs["agent"]
     if record.usage.anomalies:
         count_anomalies(len(record.usage.anomalies))
     for session in stack:
@@ -65,12 +69,14 @@ def deliver(
         if db is None:
             db = next((s.db for s in reversed(stack) if s.db), None)
         get_log(db).submit(record)  # None: the default log, as configured now
-    if _sinks and _first_time(record.run_id):
+    if (_sinks or hooks.active()) and _first_time(record.run_id):
         for sink in list(_sinks):
             try:
                 sink(record)
             except Exception as exc:
                 report_error("sink", exc)
+        if hooks.active():
+            hooks.dispatch(record)
 
 
 def _merge(a: tuple[UsageSession, ...], b: tuple[UsageSession, ...]) -> tuple[UsageSession, ...]:

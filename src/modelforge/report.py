@@ -11,15 +11,19 @@ import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from modelforge import config
 from modelforge.errors import ModelForgeError
 from modelforge.money import from_parts
 from modelforge.records import format_ts
 
 REPORT_SCHEMA = "modelforge.usage/1"
+# The attribute `track_usage(session=...)` records; the log indexes it (m007).
+SESSION_ATTR = "session"
+SESSION_SQL = "json_extract(calls.attrs, '$.session')"
 
 # group name -> SQL expression over `calls`
 TIME_GROUPS = {
@@ -28,8 +32,19 @@ TIME_GROUPS = {
     "week": "strftime('%Y-W%W', substr(calls.ts, 1, 19))",
     "month": "substr(calls.ts, 1, 7)",
 }
+# Python formats of the same periods, for periods counted in another time zone.
+TIME_FORMATS = {"hour": "%Y-%m-%dT%H:00", "day": "%Y-%m-%d", "week": "%Y-W%W", "month": "%Y-%m"}
+# Quarter-hour slots in UTC: every time zone's offset is a whole number of them.
+_QUARTER = (
+    "substr(calls.ts, 1, 14) || printf('%02d', CAST(substr(calls.ts, 15, 2) AS INTEGER) / 15 * 15)"
+)
 COLUMN_GROUPS = {
-    "model": "coalesce(calls.response_model, calls.model)",
+    # The catalog model a call was priced as, so `gpt-4o`, `GPT-4o` and `openai/gpt-4o`
+    # are one row; an unpriced call keeps the name it was logged with.
+    "model": "coalesce(nullif(calls.catalog_model, ''), "
+    "nullif(coalesce(calls.response_model, calls.model), ''))",
+    "requested_model": "calls.model",
+    "served_model": "nullif(coalesce(calls.response_model, calls.model), '')",
     "catalog_model": "calls.catalog_model",
     "provider": "calls.provider",
     "agent": "calls.agent",
@@ -102,8 +117,12 @@ class Filters:
             clauses.append("calls.ts < ?")
             params.append(self.until)
         if self.model:
-            clauses.append("coalesce(calls.response_model, calls.model) GLOB ?")
-            params.append(self.model)
+            clauses.append(
+                "(calls.catalog_model GLOB ? OR substr(calls.catalog_model, "
+                "instr(calls.catalog_model, '/') + 1) GLOB ? "
+                "OR coalesce(calls.response_model, calls.model) GLOB ?)"
+            )
+            params += [self.model] * 3
         if self.provider:
             clauses.append("calls.provider = ?")
             params.append(self.provider)
@@ -114,8 +133,13 @@ class Filters:
             clauses.append("EXISTS (SELECT 1 FROM json_each(calls.tags) WHERE value = ?)")
             params.append(self.tag)
         for key, value in self.where:
-            clauses.append("json_extract(calls.attrs, ?) = ?")
-            params += [attr_path(key), value]
+            if key == SESSION_ATTR:
+                # Literal, so that the index on it (m007) answers.
+                clauses.append(f"{SESSION_SQL} = ?")
+                params.append(value)
+            else:
+                clauses.append("json_extract(calls.attrs, ?) = ?")
+                params += [attr_path(key), value]
         return (" AND ".join(clauses) or "1"), params
 
     def as_dict(self) -> dict[str, Any]:
@@ -145,6 +169,8 @@ def group_expression(name: str) -> str:
         return TIME_GROUPS[name]
     if name in COLUMN_GROUPS:
         return COLUMN_GROUPS[name]
+    if name == "quarter":
+        return _QUARTER
     raise ReportError("--by", f"unknown grouping {name!r}")
 
 
@@ -170,17 +196,22 @@ def check_groups(names: Sequence[str]) -> list[str]:
 
 @dataclass
 class UsageReport:
+    """Rows per group, with `breakdown` (per-model rows) under each when asked for."""
+
     group_by: list[str]
     rows: list[dict[str, Any]]
     totals: dict[str, Any]
     unpriced: list[dict[str, Any]]
     filters: dict[str, Any]
+    tz: str = "UTC"
+    breakdown: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """The documented, stable JSON shape (`schema: modelforge.usage/1`)."""
         return {
             "schema": REPORT_SCHEMA,
             "group_by": [g.removeprefix("attr:") for g in self.group_by],
+            "tz": self.tz,
             "filters": self.filters,
             "rows": [_jsonable(r) for r in self.rows],
             "totals": _jsonable(self.totals),
@@ -189,7 +220,16 @@ class UsageReport:
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
+    """Money as exact decimal strings (None stays null); nested breakdown rows alike."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, Decimal):
+            out[key] = str(value)
+        elif isinstance(value, list):
+            out[key] = [_jsonable(item) for item in value]
+        else:
+            out[key] = value
+    return out
 
 
 _SUM_NAMES = (
@@ -233,7 +273,8 @@ ROLLUP_GROUPS = {
     "day": "substr(hour, 1, 10)",
     "week": "strftime('%Y-W%W', substr(hour, 1, 10))",
     "month": "substr(hour, 1, 7)",
-    "model": "nullif(model, '')",
+    "model": "coalesce(nullif(catalog_model, ''), nullif(model, ''))",
+    "served_model": "nullif(model, '')",
     "catalog_model": "nullif(catalog_model, '')",
     "provider": "nullif(provider, '')",
     "agent": "nullif(agent, '')",
@@ -310,8 +351,11 @@ def _rollup_groups(
         clauses.append("hour < ?")
         params.append(last_full[:13])
     if filters.model:
-        clauses.append("model GLOB ?")
-        params.append(filters.model)
+        clauses.append(
+            "(catalog_model GLOB ? OR substr(catalog_model, instr(catalog_model, '/') + 1) "
+            "GLOB ? OR model GLOB ?)"
+        )
+        params += [filters.model] * 3
     for column in ("provider", "agent"):
         value = getattr(filters, column)
         if value:
@@ -334,8 +378,16 @@ def _rollup_groups(
         _raw_groups(conn, groups, edge, into)
 
 
-def aggregate(conn: sqlite3.Connection, groups: Sequence[str], filters: Filters) -> Groups:
-    """Sums per group key, from the hourly rollup where it can answer, else from `calls`."""
+def aggregate(
+    conn: sqlite3.Connection, groups: Sequence[str], filters: Filters, tz: str | None = None
+) -> Groups:
+    """Sums per group key, from the hourly rollup where it can answer, else from `calls`.
+
+    With `tz`, periods (hour, day, week, month) are counted in that time zone.
+    """
+    zone = time_zone(tz)
+    if zone is not None and any(g in TIME_GROUPS for g in groups):
+        return _local_groups(conn, groups, filters, zone)
     result: Groups = {}
     if _rollup_usable(groups, filters):
         _rollup_groups(conn, groups, filters, result)
@@ -344,27 +396,101 @@ def aggregate(conn: sqlite3.Connection, groups: Sequence[str], filters: Filters)
     return result
 
 
+def time_zone(name: str | None) -> tzinfo | None:
+    """The zone named `name` (IANA, e.g. Europe/Paris); None for UTC, which needs no
+    conversion."""
+    if name is None or name.upper() in ("UTC", "Z", "ETC/UTC"):
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ReportError(
+            "--tz", f"unknown time zone {name!r}; use an IANA name such as Europe/Paris"
+        ) from None
+
+
+def _local_groups(
+    conn: sqlite3.Connection, groups: Sequence[str], filters: Filters, zone: tzinfo
+) -> Groups:
+    """Periods in `zone`: sums per UTC hour (from the rollup) moved to local periods.
+
+    A zone whose offset is not a whole number of hours (India, Nepal, parts of
+    Australia) splits UTC hours between local days, so its periods are built from
+    quarter-hour slots of `calls` instead.
+    """
+    others = [g for g in groups if g not in TIME_GROUPS]
+    slots = aggregate(conn, ["hour", *others], filters)
+    if any(_utc(key[0]).astimezone(zone).minute for key in slots):
+        slots = {}
+        _raw_groups(conn, ["quarter", *others], filters, slots)
+    result: Groups = {}
+    for key, sums in slots.items():
+        local = _utc(key[0]).astimezone(zone)
+        rest = iter(key[1:])
+        local_key = tuple(
+            local.strftime(TIME_FORMATS[g]) if g in TIME_GROUPS else next(rest) for g in groups
+        )
+        _add(result, local_key, sums)
+    return result
+
+
+def _utc(slot: str) -> datetime:
+    return datetime.strptime(slot, "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc)
+
+
 def _as_row(sums: Sums) -> dict[str, Any]:
     row: dict[str, Any] = dict(zip(_SUM_NAMES, sums))
-    row["cost_usd"] = from_parts(row.pop("cost_whole"), row.pop("cost_micro"), row.pop("cost_pico"))
+    cost = from_parts(row.pop("cost_whole"), row.pop("cost_micro"), row.pop("cost_pico"))
+    # Nothing priced is no amount at all, not $0; a partly priced group sums its priced
+    # calls and counts the rest in `unpriced_calls`.
+    nothing_priced = row["calls"] > 0 and row["unpriced_calls"] == row["calls"]
+    row["cost_usd"] = None if nothing_priced else cost
     inputs = row["input_tokens"]
     row["cache_hit_rate"] = round(row["cache_read_tokens"] / inputs, 4) if inputs else 0.0
     return row
+
+
+def _cost_order(row: dict[str, Any]) -> tuple[Any, ...]:
+    cost = row["cost_usd"]
+    return (cost is None, -(cost or 0))
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple((v is None, str(v) if v is not None else "") for v in key)
 
 
+def known_attributes() -> set[str]:
+    """Attribute keys that are never a typo: the metadata keys the integrations pick up
+    (config `metadata_keys`) and `session`."""
+    return {*config.load_settings().metadata_keys, SESSION_ATTR}
+
+
 def usage_report(
-    conn: sqlite3.Connection, group_by: Sequence[str] = (), filters: Filters | None = None
+    conn: sqlite3.Connection,
+    group_by: Sequence[str] = (),
+    filters: Filters | None = None,
+    *,
+    tz: str | None = None,
+    breakdown: bool = False,
 ) -> UsageReport:
-    """Totals per group (in `group_by` order) plus a grand total and unpriced models."""
+    """Totals per group (in `group_by` order) plus a grand total and unpriced models.
+
+    `tz` counts periods in that time zone (default UTC). `breakdown` puts per-model rows
+    under each group, as `row["breakdown"]`; with no `group_by` it groups by day.
+    """
     filters = filters or Filters()
+    if breakdown:
+        group_by = list(group_by) or ["day"]
+        if "model" in group_by:
+            raise ReportError("--breakdown", "adds model rows itself; drop --by model")
     groups = check_groups(group_by)
+    time_zone(tz)  # an unknown zone is an error even when nothing is grouped by time
+    known = known_attributes()
     for given, name in zip(group_by, groups):
         # A bare word that is neither built in nor an attribute anywhere is a typo.
-        if given == name.removeprefix("attr:") and given not in BUILTIN_GROUPS:
+        if given == name.removeprefix("attr:") and given not in (*BUILTIN_GROUPS, *known):
             found = conn.execute(
                 "SELECT 1 FROM calls WHERE json_extract(attrs, ?) IS NOT NULL LIMIT 1",
                 [attr_path(given)],
@@ -375,11 +501,21 @@ def usage_report(
                     f"unknown grouping {given!r}: not one of {', '.join(BUILTIN_GROUPS)} and "
                     "no call in the log has that attribute",
                 )
-    grouped = aggregate(conn, groups, filters) if groups else {}
     names = [g.removeprefix("attr:") for g in groups]
+    details: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    if breakdown:
+        grouped: Groups = {}
+        for key, sums in aggregate(conn, [*groups, "model"], filters, tz).items():
+            _add(grouped, key[:-1], sums)
+            details.setdefault(key[:-1], []).append({"model": key[-1], **_as_row(sums)})
+    else:
+        grouped = aggregate(conn, groups, filters, tz) if groups else {}
     rows = []
     for key in sorted(grouped, key=_sort_key):
-        rows.append({**dict(zip(names, key)), **_as_row(grouped[key])})
+        row = {**dict(zip(names, key)), **_as_row(grouped[key])}
+        if breakdown:
+            row["breakdown"] = sorted(details[key], key=lambda r: (*_cost_order(r), r["model"]))
+        rows.append(row)
     if groups and "tag" not in groups:
         # Each call is in exactly one group, so the groups add up to the total.
         total: Sums = [0] * len(_SUM_NAMES)
@@ -396,7 +532,8 @@ def usage_report(
             f"FROM calls WHERE ({where}) AND priced = 0 GROUP BY 1, 2 ORDER BY 3 DESC, 1"
         )
         unpriced = list(_query(conn, sql, params))
-    return UsageReport(groups, rows, totals, unpriced, filters.as_dict())
+    zone_name = "UTC" if time_zone(tz) is None else str(tz)
+    return UsageReport(groups, rows, totals, unpriced, filters.as_dict(), zone_name, breakdown)
 
 
 def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Iterator[dict[str, Any]]:
@@ -404,6 +541,32 @@ def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Iterato
     names = [d[0] for d in cursor.description]
     for values in cursor:
         yield dict(zip(names, values))
+
+
+def session_totals(conn: sqlite3.Connection, name: str) -> tuple[list[dict[str, Any]], str | None]:
+    """What session `name` recorded: sums per served model, provider and agent (cost as
+    the priced calls' exact sum), and the time of its first call."""
+    sql = f"""SELECT nullif(r.model, '') AS model, nullif(r.provider, '') AS provider,
+    nullif(r.agent, '') AS agent, count(*) AS calls,
+    sum(r.input_tokens) AS input_tokens, sum(r.output_tokens) AS output_tokens,
+    sum(r.cache_read_tokens) AS cache_read_tokens,
+    sum(r.cache_write_tokens) AS cache_write_tokens,
+    sum(r.cache_write_1h_tokens) AS cache_write_1h_tokens,
+    sum(r.reasoning_tokens) AS reasoning_tokens,
+    sum(r.input_audio_tokens) AS input_audio_tokens,
+    sum(r.output_audio_tokens) AS output_audio_tokens,
+    sum(r.cost_usd_whole) AS whole, sum(r.cost_pusd_frac / 1000000) AS micro,
+    sum(r.cost_pusd_frac % 1000000) AS pico,
+    sum(CASE WHEN r.priced = 0 THEN 1 ELSE 0 END) AS unpriced_calls,
+    sum(CASE WHEN r.estimated = 1 THEN 1 ELSE 0 END) AS estimated_calls,
+    min(calls.ts) AS first_ts
+FROM calls JOIN calls_hourly_rows AS r ON r.id = calls.id
+WHERE {SESSION_SQL} = ? GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
+    groups = list(_query(conn, sql, [name]))
+    for group in groups:
+        group["cost_usd"] = from_parts(group.pop("whole"), group.pop("micro"), group.pop("pico"))
+    first = min((g.pop("first_ts") for g in groups), default=None)
+    return groups, first
 
 
 CALL_COLUMNS = (

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from modelforge.errors import ModelForgeError
 from modelforge.records import CallRecord, clean_attrs
 from modelforge.usage import Usage
 
@@ -29,14 +31,49 @@ def current_sessions() -> tuple[UsageSession, ...]:
 
 @dataclass(frozen=True)
 class ModelTotals:
+    """Calls, tokens and cost of one group (a model, an agent, a provider)."""
+
     calls: int
     usage: Usage
     cost: Decimal
     unpriced: int
 
 
+@dataclass(frozen=True)
+class BurnRate:
+    """Spend per hour and tokens per minute over `window` (priced calls only in USD)."""
+
+    usd_per_hour: Decimal
+    tokens_per_minute: float
+    calls: int
+    window: timedelta
+
+
+@dataclass(frozen=True)
+class PriorGroup:
+    """What a resumed session recorded before, per served model, provider and agent."""
+
+    model: str | None
+    provider: str | None
+    agent: str | None
+    totals: ModelTotals
+    estimated: int
+
+
+class ResumeError(ModelForgeError, ValueError):
+    """`track_usage(resume=True)` without a `session` name to resume."""
+
+
+# Rates are estimates; six places are more than any display needs.
+_RATE_PLACES = Decimal("0.000001")
+
+
 class UsageSession:
-    """What `track_usage()` yields: the calls made inside the block, with totals."""
+    """What `track_usage()` yields: the calls made inside the block, with totals.
+
+    A resumed session (`track_usage(session="name", resume=True)`) also counts what that
+    session recorded in the log before; `calls` lists only this run's records.
+    """
 
     def __init__(
         self, attrs: dict[str, Any], *, persist: bool = True, db: Path | str | None = None
@@ -45,6 +82,8 @@ class UsageSession:
         self.persist = persist
         self.db = db
         self.calls: list[CallRecord] = []
+        self.prior: list[PriorGroup] = []
+        self.started_at: datetime = datetime.now(timezone.utc)
         self._run_ids: set[str] = set()
         self._lock = threading.Lock()
 
@@ -60,6 +99,8 @@ class UsageSession:
     @property
     def usage(self) -> Usage:
         total = Usage()
+        for group in self.prior:
+            total = total + group.totals.usage
         for record in self._snapshot():
             total = total + record.usage
         return total
@@ -67,30 +108,122 @@ class UsageSession:
     @property
     def total_cost(self) -> Decimal:
         """The sum over priced calls; see `.unpriced` for calls that could not be priced."""
-        return sum((r.cost.total for r in self._snapshot() if r.cost.total is not None), Decimal(0))
+        prior = sum((g.totals.cost for g in self.prior), Decimal(0))
+        return prior + _cost(self._snapshot())
 
     @property
     def unpriced(self) -> int:
-        return sum(1 for r in self._snapshot() if not r.cost.priced)
+        prior = sum(g.totals.unpriced for g in self.prior)
+        return prior + sum(1 for r in self._snapshot() if not r.cost.priced)
 
     @property
     def estimated(self) -> int:
-        return sum(1 for r in self._snapshot() if r.usage.estimated)
+        prior = sum(g.estimated for g in self.prior)
+        return prior + sum(1 for r in self._snapshot() if r.usage.estimated)
+
+    @property
+    def elapsed(self) -> timedelta:
+        """Time since `started_at`: the block's start, or a resumed session's first call."""
+        return datetime.now(timezone.utc) - self.started_at
 
     def by_model(self) -> dict[str, ModelTotals]:
         """Usage and cost per model (the served model where known)."""
-        groups: dict[str, list[CallRecord]] = {}
+        return self._totals_by(
+            lambda r: r.response_model or r.model or "unknown",
+            lambda g: g.model or "unknown",
+        )
+
+    def by_agent(self) -> dict[str | None, ModelTotals]:
+        """Usage and cost per agent (None for calls no agent is named for)."""
+        return self._totals_by(lambda r: r.agent, lambda g: g.agent)
+
+    def by_provider(self) -> dict[str | None, ModelTotals]:
+        """Usage and cost per provider (None where the provider is unknown)."""
+        return self._totals_by(lambda r: r.provider, lambda g: g.provider)
+
+    def burn_rate(self, minutes: float | None = None) -> BurnRate:
+        """Spend per hour and tokens per minute, over the last `minutes` of this run's
+        calls, or over the whole session (resumed calls included) by default.
+
+        The window is never longer than the session: ten minutes into a session, a rate
+        over the last hour is over those ten minutes.
+
+        >>> with track_usage(persist=False) as session:
+        ...     pass
+        >>> session.burn_rate(15).usd_per_hour == 0
+        True
+        """
+        now = datetime.now(timezone.utc)
+        elapsed = max(now - self.started_at, timedelta(seconds=1))
+        if minutes is None:
+            window, usage, cost, calls = elapsed, self.usage, self.total_cost, self._count()
+        else:
+            window = min(timedelta(minutes=minutes), elapsed)
+            since = now - window
+            recent = [r for r in self._snapshot() if _moment(r.ts) >= since]
+            usage, cost, calls = _usage(recent), _cost(recent), len(recent)
+        hours = Decimal(window.total_seconds()) / 3600
+        return BurnRate(
+            usd_per_hour=(cost / hours).quantize(_RATE_PLACES),
+            tokens_per_minute=round(usage.total_tokens / (window.total_seconds() / 60), 3),
+            calls=calls,
+            window=window,
+        )
+
+    def resume_from_log(self, name: str) -> None:
+        """Load what session `name` already recorded in this session's log (`db`, else
+        the default log), so totals carry on from it. This run's queued records are
+        written first; a log that does not exist yet has nothing to resume."""
+        from modelforge import config, report, store
+
+        path = Path(self.db).expanduser() if self.db else config.default_db_path()
+        store.flush()
+        if not path.exists():
+            return
+        conn = store.open_db(path, create=False)
+        try:
+            groups, first_ts = report.session_totals(conn, name)
+        finally:
+            conn.close()
+        self.prior = [
+            PriorGroup(
+                model=g["model"],
+                provider=g["provider"],
+                agent=g["agent"],
+                totals=ModelTotals(g["calls"], _usage_of(g), g["cost_usd"], g["unpriced_calls"]),
+                estimated=g["estimated_calls"],
+            )
+            for g in groups
+        ]
+        if first_ts is not None:
+            self.started_at = min(self.started_at, _moment(first_ts))
+
+    def _count(self) -> int:
+        return sum(g.totals.calls for g in self.prior) + len(self._snapshot())
+
+    def _totals_by(
+        self,
+        record_key: Callable[[CallRecord], Any],
+        prior_key: Callable[[PriorGroup], Any],
+    ) -> dict[Any, ModelTotals]:
+        result: dict[Any, ModelTotals] = {}
+
+        def add(key: Any, totals: ModelTotals) -> None:
+            old = result.get(key)
+            if old is not None:
+                totals = ModelTotals(
+                    old.calls + totals.calls,
+                    old.usage + totals.usage,
+                    old.cost + totals.cost,
+                    old.unpriced + totals.unpriced,
+                )
+            result[key] = totals
+
+        for group in self.prior:
+            add(prior_key(group), group.totals)
         for record in self._snapshot():
-            name = record.response_model or record.model or "unknown"
-            groups.setdefault(name, []).append(record)
-        result = {}
-        for name, records in groups.items():
-            usage = Usage()
-            for r in records:
-                usage = usage + r.usage
-            cost = sum((r.cost.total for r in records if r.cost.total is not None), Decimal(0))
-            unpriced = sum(1 for r in records if not r.cost.priced)
-            result[name] = ModelTotals(len(records), usage, cost, unpriced)
+            cost = record.cost.total if record.cost.total is not None else Decimal(0)
+            add(record_key(record), ModelTotals(1, record.usage, cost, int(not record.cost.priced)))
         return result
 
     def _snapshot(self) -> list[CallRecord]:
@@ -102,6 +235,35 @@ class UsageSession:
             f"<UsageSession calls={len(self.calls)} total_cost={self.total_cost} "
             f"unpriced={self.unpriced} estimated={self.estimated}>"
         )
+
+
+def _cost(records: Iterable[CallRecord]) -> Decimal:
+    return sum((r.cost.total for r in records if r.cost.total is not None), Decimal(0))
+
+
+def _usage(records: Iterable[CallRecord]) -> Usage:
+    total = Usage()
+    for record in records:
+        total = total + record.usage
+    return total
+
+
+def _usage_of(sums: dict[str, Any]) -> Usage:
+    names = (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cache_write_1h_tokens",
+        "reasoning_tokens",
+        "input_audio_tokens",
+        "output_audio_tokens",
+    )
+    return Usage.model_validate({name: int(sums[name]) for name in names})
+
+
+def _moment(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
 # Frameworks that need a hook to see runs started inside the block (LangChain's
@@ -133,8 +295,14 @@ class track_usage:
     """Record every LLM call made inside the block, in LangChain or LlamaIndex.
 
     Keyword arguments become attributes on every record (`project="x"`), except:
-    `persist` (False keeps records in memory only), `db` (the log file) and
-    `llamaindex` (True also turns on LlamaIndex instrumentation).
+    `persist` (False keeps records in memory only), `db` (the log file),
+    `llamaindex` (True also turns on LlamaIndex instrumentation) and `resume`.
+
+    Two attributes mean more: `agent="x"` names the agent of every call that does not
+    name its own (a LangGraph node does), so `modelforge usage --by agent` sees it; and
+    `session="nightly-run"` names a session that can span runs. With `resume=True` the
+    block first loads what that session recorded in the log, so its totals carry on
+    after a restart.
 
     >>> from modelforge import track_usage
     >>> with track_usage(project="docs") as session:
@@ -149,14 +317,20 @@ class track_usage:
         persist: bool = True,
         db: Path | str | None = None,
         llamaindex: bool = False,
+        resume: bool = False,
         **attrs: Any,
     ) -> None:
+        if resume and not attrs.get("session"):
+            raise ResumeError('resume=True needs the session to resume: session="name"')
         self.session = UsageSession(attrs, persist=persist, db=db)
         self._llamaindex = llamaindex
+        self._resume = str(attrs["session"]) if resume else None
         self._token: Token[tuple[UsageSession, ...]] | None = None
         self._undo: list[Callable[[], None]] = []
 
     def __enter__(self) -> UsageSession:
+        if self._resume is not None:
+            self.session.resume_from_log(self._resume)
         stack = (*_sessions.get(), self.session)
         self._token = _sessions.set(stack)
         try:

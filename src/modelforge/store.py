@@ -249,6 +249,14 @@ def _migrated_copy(conn: sqlite3.Connection) -> sqlite3.Connection:
     return copy
 
 
+def empty_log() -> sqlite3.Connection:
+    """A log with no calls, in memory: what reports read when there is no log file yet,
+    so they print the same (empty) document as for a log with nothing in range."""
+    conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+    migrations.apply(conn)
+    return conn
+
+
 def _keep_private(path: Path) -> None:
     """Tighten a log file that others can read to 0600, warning once."""
     try:

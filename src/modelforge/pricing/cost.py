@@ -73,8 +73,19 @@ def price(model: str, usage: Usage, provider: str | None = None, strict: bool = 
     return cost
 
 
-def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cost:
-    """Price `usage` with the prices of one catalog entry."""
+def cost_for(
+    entry: CatalogEntry,
+    usage: Usage,
+    model: str | None = None,
+    *,
+    tier_input_tokens: int | None = None,
+) -> Cost:
+    """Price `usage` with the prices of one catalog entry.
+
+    `tier_input_tokens` is the prompt size that picks a long-context tier (default:
+    `usage.input_tokens`). It lets the summed usage of many calls that share one tier be
+    priced at that tier: costs are linear in the tokens within a tier.
+    """
     if usage.cache_hit:
         return Cost(
             total=ZERO,
@@ -86,7 +97,8 @@ def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cos
             flags=("cache_hit",),
         )
     flags: list[str] = []
-    prices = _prices_for(entry, usage, flags)
+    size = usage.input_tokens if tier_input_tokens is None else tier_input_tokens
+    prices = _prices_for(entry, usage, size, flags)
     read = usage.cache_read_tokens
     write_5m = usage.cache_write_tokens
     write_1h = usage.cache_write_1h_tokens
@@ -137,7 +149,7 @@ def cost_for(entry: CatalogEntry, usage: Usage, model: str | None = None) -> Cos
 _MICRO = Decimal("1E-6")
 
 
-def _prices_for(entry: CatalogEntry, usage: Usage, flags: list[str]) -> Prices:
+def _prices_for(entry: CatalogEntry, usage: Usage, size: int, flags: list[str]) -> Prices:
     """The prices that apply: the service tier's mode, then any long-context tier."""
     prices = entry.prices
     mode_name = None
@@ -150,11 +162,11 @@ def _prices_for(entry: CatalogEntry, usage: Usage, flags: list[str]) -> Prices:
             prices, mode_name = mode, service_tier
             flags.append(f"service_tier:{service_tier}")
     if entry.tiers or mode_name:
-        tier = entry.tier_for(usage.input_tokens, mode_name)
+        tier = entry.tier_for(size, mode_name)
         if tier is not None:
             prices = tier.prices
             flags.append(f"context_tier>{tier.size}")
-        elif mode_name and entry.tier_for(usage.input_tokens) is not None:
+        elif mode_name and entry.tier_for(size) is not None:
             # Long-context price of the standard tier applies, but the mode gives none.
             flags.append("context_tier_unpriced")
     return prices

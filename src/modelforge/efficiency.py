@@ -1,0 +1,274 @@
+"""How the logged calls use their tokens, what prompt caching saved, and what the same
+calls would cost on another model.
+
+Everything comes from the log's token columns. Repricing is exact: calls are grouped by
+what decides their price (model, provider, service tier, response-cache hit, and which
+long-context tier their prompt size falls in), and each group's summed tokens are
+priced at that group's prices, which are linear in the tokens. Savings and repricing use
+today's price table; `cost_usd` is what the log recorded.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelforge.money import from_parts
+from modelforge.pricing.catalog import CatalogEntry, get_catalog
+from modelforge.pricing.cost import cost_for
+from modelforge.pricing.resolve import get_resolver
+from modelforge.records import price_call
+from modelforge.report import Filters, ReportError, group_expression
+from modelforge.usage import Usage
+
+EFFICIENCY_SCHEMA = "modelforge.efficiency/1"
+BY_CHOICES = ("model", "agent")
+DEFAULT_SINCE = "30d"
+_TOKEN_NAMES = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+)
+
+
+@dataclass
+class Tally:
+    """Token and cost sums of one report row."""
+
+    calls: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOKEN_NAMES, 0))
+    cost_usd: Decimal = Decimal(0)
+    unpriced_calls: int = 0
+    cache_savings_usd: Decimal = Decimal(0)
+    as_model_usd: Decimal = Decimal(0)
+    unrepriced_calls: int = 0  # rows whose token columns contradict each other
+
+    def add(self, other: Tally) -> None:
+        self.calls += other.calls
+        for name in _TOKEN_NAMES:
+            self.tokens[name] += other.tokens[name]
+        self.cost_usd += other.cost_usd
+        self.unpriced_calls += other.unpriced_calls
+        self.cache_savings_usd += other.cache_savings_usd
+        self.as_model_usd += other.as_model_usd
+        self.unrepriced_calls += other.unrepriced_calls
+
+    def as_json(self, as_model: bool) -> dict[str, Any]:
+        t = self.tokens
+        inputs, outputs = t["input_tokens"], t["output_tokens"]
+        cache_writes = t["cache_write_tokens"] + t["cache_write_1h_tokens"]
+        nothing_priced = self.calls > 0 and self.unpriced_calls == self.calls
+        data: dict[str, Any] = {
+            "calls": self.calls,
+            "input_tokens": inputs,
+            "output_tokens": outputs,
+            "cache_read_tokens": t["cache_read_tokens"],
+            "cache_write_tokens": cache_writes,
+            "reasoning_tokens": t["reasoning_tokens"],
+            "avg_input_tokens": _ratio(inputs, self.calls, 1),
+            "avg_output_tokens": _ratio(outputs, self.calls, 1),
+            "cache_hit_rate": _ratio(t["cache_read_tokens"], inputs, 4),
+            "reasoning_share": _ratio(t["reasoning_tokens"], outputs, 4),
+            "output_input_ratio": _ratio(outputs, inputs, 4),
+            "cost_usd": None if nothing_priced else str(self.cost_usd),
+            "unpriced_calls": self.unpriced_calls,
+            "cache_savings_usd": None if nothing_priced else str(self.cache_savings_usd),
+        }
+        if as_model:
+            data["as_model_cost_usd"] = str(self.as_model_usd)
+            data["unrepriced_calls"] = self.unrepriced_calls
+        return data
+
+
+@dataclass(frozen=True)
+class TraceCost:
+    trace: str
+    calls: int
+    cost_usd: Decimal
+    unpriced_calls: int
+    first_ts: str
+    models: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "trace": self.trace,
+            "calls": self.calls,
+            "cost_usd": str(self.cost_usd),
+            "unpriced_calls": self.unpriced_calls,
+            "first_ts": self.first_ts,
+            "models": self.models,
+        }
+
+
+@dataclass
+class Efficiency:
+    by: str | None
+    rows: dict[str | None, Tally]
+    totals: Tally
+    traces: list[TraceCost]
+    as_model: str | None  # the catalog model repriced on
+    filters: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        repriced = self.as_model is not None
+        return {
+            "schema": EFFICIENCY_SCHEMA,
+            "by": self.by,
+            "as_model": self.as_model,
+            "filters": self.filters,
+            "rows": [
+                {self.by or "group": name, **tally.as_json(repriced)}
+                for name, tally in self.rows.items()
+            ],
+            "totals": self.totals.as_json(repriced),
+            "costliest_traces": [t.as_json() for t in self.traces],
+        }
+
+
+def efficiency(
+    conn: sqlite3.Connection,
+    filters: Filters | None = None,
+    *,
+    by: str | None = None,
+    as_model: str | None = None,
+    top: int = 5,
+) -> Efficiency:
+    """Efficiency figures per `by` group (model or agent) and in total, the `top`
+    costliest traces, and with `as_model` the cost of the same tokens on that model."""
+    if by is not None and by not in BY_CHOICES:
+        raise ReportError("--by", f"efficiency groups by {' or '.join(BY_CHOICES)}")
+    filters = filters or Filters()
+    target = _target(as_model)
+    rows: dict[str | None, Tally] = {}
+    totals = Tally()
+    for name, tally in _priced_groups(conn, filters, by, target):
+        rows.setdefault(name, Tally()).add(tally)
+        totals.add(tally)
+    ordered = dict(sorted(rows.items(), key=lambda item: (-item[1].cost_usd, str(item[0]))))
+    traces = costliest_traces(conn, filters, top) if top else []
+    return Efficiency(
+        by, ordered, totals, traces, target.key if target else None, filters.as_dict()
+    )
+
+
+def _target(as_model: str | None) -> CatalogEntry | None:
+    if as_model is None:
+        return None
+    from modelforge.errors import UnknownModelError
+
+    resolver = get_resolver()
+    entry = resolver.resolve(as_model, None)
+    if entry is None:
+        raise UnknownModelError(as_model, None, resolver.close_matches(as_model))
+    return entry
+
+
+def _tier_bucket() -> str:
+    """SQL numbering the long-context tiers a prompt size falls in, over every tier size
+    in the catalog, so calls in one bucket share their tier on any model."""
+    sizes: set[int] = set()
+    for entry in get_catalog():
+        sizes.update(t.size for t in entry.tiers)
+        for tiers in entry.mode_tiers.values():
+            sizes.update(t.size for t in tiers)
+    if not sizes:
+        return "0"
+    cases = " ".join(
+        f"WHEN r.input_tokens > {size} THEN {n}"
+        for n, size in sorted(enumerate(sorted(sizes), 1), reverse=True)
+    )
+    return f"CASE {cases} ELSE 0 END"
+
+
+def _priced_groups(
+    conn: sqlite3.Connection, filters: Filters, by: str | None, target: CatalogEntry | None
+) -> list[tuple[str | None, Tally]]:
+    where, params = filters.sql()
+    group = group_expression(by) if by else "NULL"
+    tokens = ", ".join(f"sum(r.{name})" for name in _TOKEN_NAMES)
+    sql = f"""SELECT {group}, calls.model, calls.response_model, calls.provider,
+    calls.service_tier, coalesce(calls.cache_hit, 0), {_tier_bucket()}, min(r.input_tokens),
+    count(*), {tokens}, sum(r.cost_usd_whole), sum(r.cost_pusd_frac / 1000000),
+    sum(r.cost_pusd_frac % 1000000), sum(CASE WHEN r.priced = 0 THEN 1 ELSE 0 END)
+FROM calls JOIN calls_hourly_rows AS r ON r.id = calls.id
+WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6, 7"""
+    result = []
+    for row in conn.execute(sql, params):
+        name, model, served, provider, tier, cache_hit, _, smallest, calls = row[:9]
+        sums = row[9 : 9 + len(_TOKEN_NAMES)]
+        whole, micro, pico, unpriced = row[9 + len(_TOKEN_NAMES) :]
+        tally = Tally(
+            calls=calls,
+            tokens={n: int(v or 0) for n, v in zip(_TOKEN_NAMES, sums)},
+            cost_usd=from_parts(whole, micro, pico),
+            unpriced_calls=unpriced,
+        )
+        try:
+            usage = Usage.model_validate({"service_tier": tier, **tally.tokens})
+        except ValidationError:
+            tally.unrepriced_calls = calls  # parts larger than their whole: not priceable
+            result.append((name, tally))
+            continue
+        size = int(smallest or 0)
+        if not cache_hit:
+            entry = price_call(Usage(), model, served, provider).entry
+            if entry is not None and not unpriced:
+                tally.cache_savings_usd = _savings(entry, usage, size)
+            if target is not None:
+                tally.as_model_usd = _total(cost_for(target, usage, tier_input_tokens=size))
+        result.append((name, tally))
+    return result
+
+
+def _savings(entry: CatalogEntry, usage: Usage, size: int) -> Decimal:
+    """The same tokens' cost with no cache reads or writes (all plain input), less their
+    cost as they were: what caching saved, negative where writes cost more than reads
+    saved."""
+    uncached = usage.model_copy(
+        update={"cache_read_tokens": 0, "cache_write_tokens": 0, "cache_write_1h_tokens": 0}
+    )
+    with_cache = cost_for(entry, usage, tier_input_tokens=size)
+    without = cost_for(entry, uncached, tier_input_tokens=size)
+    return _total(without) - _total(with_cache)
+
+
+def _total(cost: Any) -> Decimal:
+    return cost.total if cost.total is not None else Decimal(0)
+
+
+def costliest_traces(conn: sqlite3.Connection, filters: Filters, top: int) -> list[TraceCost]:
+    """The `top` traces (a call with no trace is its own) by recorded cost."""
+    where, params = filters.sql()
+    model = group_expression("model")
+    sql = f"""SELECT coalesce(calls.trace_id, calls.run_id), count(*), sum(r.cost_usd_whole),
+    sum(r.cost_pusd_frac / 1000000), sum(r.cost_pusd_frac % 1000000),
+    sum(CASE WHEN r.priced = 0 THEN 1 ELSE 0 END), min(calls.ts), group_concat(DISTINCT {model})
+FROM calls JOIN calls_hourly_rows AS r ON r.id = calls.id
+WHERE {where}
+GROUP BY 1
+ORDER BY sum(r.cost_usd_whole) + sum(r.cost_pusd_frac / 1e12) DESC, 1
+LIMIT ?"""
+    traces = []
+    for trace, calls, whole, micro, pico, unpriced, first, models in conn.execute(
+        sql, [*params, top]
+    ):
+        names = sorted(set(models.split(","))) if models else []
+        cost = from_parts(whole, micro, pico)
+        traces.append(TraceCost(trace, calls, cost, unpriced, first, names))
+    return traces
+
+
+def _ratio(part: int, whole: int, places: int) -> float:
+    if not whole:
+        return 0.0
+    exact = Decimal(part) / Decimal(whole)
+    return float(exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
