@@ -136,3 +136,17 @@ def test_rows_written_by_any_tool_are_counted(tmp_path: Path) -> None:
     )
     # The rollup answers `--by model`, the raw rows answer a tag filter: they agree.
     assert _by_model(path)[0]["cost_usd"] == Decimal("0.01")
+
+
+def test_m007_indexes_the_session_attribute(tmp_path: Path) -> None:
+    conn = _fresh(tmp_path / "usage.db")
+    sql = f"SELECT count(*) FROM calls WHERE {report.SESSION_SQL} = ?"
+    plan = " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", ["nightly"]))
+    assert "idx_calls_session" in plan
+    # `--where session=…` uses the same literal expression, so the index answers it too.
+    where, params = report.Filters(where=[("session", "nightly")]).sql()
+    plan = " ".join(
+        row[3]
+        for row in conn.execute(f"EXPLAIN QUERY PLAN SELECT 1 FROM calls WHERE {where}", params)
+    )
+    assert "idx_calls_session" in plan

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
+import modelforge
 from encodings_on_disk import needs_encodings
 from modelforge import track_usage
 from modelforge.recorder import deliver
-from modelforge.records import CallRecord, price_call
-from modelforge.session import UsageSession, current_sessions
+from modelforge.records import CallRecord, format_ts, price_call
+from modelforge.session import ResumeError, UsageSession, current_sessions
 from modelforge.usage import Usage
 from modelforge.wire import WireServer
 from test_langchain import DEFAULT_Q_COST, _openai, _rows
@@ -215,3 +218,108 @@ async def test_async_block_with_gathered_langchain_calls(wire: WireServer, db_pa
     rows = _rows(db_path)
     assert len(rows) == 5
     assert all(json.loads(r["attrs"]) == {"team": "async"} for r in rows)
+
+
+# --- per-agent sessions (issue #25) -------------------------------------------------
+
+
+def _placed(
+    run_id: str,
+    *,
+    agent: str | None = None,
+    provider: str | None = "openai",
+    model: str = "gpt-4o",
+    ago: timedelta = timedelta(0),
+) -> CallRecord:
+    record = _call(run_id, model=model)
+    record.agent, record.provider = agent, provider
+    record.ts = format_ts(datetime.now(timezone.utc) - ago)
+    return record
+
+
+def test_totals_by_agent_and_by_provider() -> None:
+    with track_usage(persist=False) as session:
+        deliver(_placed("a", agent="writer"), persist=False)
+        deliver(_placed("b", agent="writer", model="gpt-4o-mini"), persist=False)
+        deliver(_placed("c", agent="reviewer", provider="azure"), persist=False)
+        deliver(_placed("d", provider=None, model="my-own-model"), persist=False)
+
+    agents = session.by_agent()
+    assert list(agents) == ["writer", "reviewer", None]
+    # gpt-4o 3500 + gpt-4o-mini 210 per 1M
+    assert (agents["writer"].calls, agents["writer"].cost) == (2, Decimal("0.00371"))
+    assert agents[None].unpriced == 1 and agents[None].cost == 0
+    providers = session.by_provider()
+    assert providers["openai"].calls == 2
+    assert providers["azure"].cost == GPT4O_CALL
+    assert providers[None].usage == Usage(input_tokens=1000, output_tokens=100)
+
+
+def test_started_at_elapsed_and_burn_rate() -> None:
+    with track_usage(persist=False) as session:
+        before = datetime.now(timezone.utc)
+        assert session.started_at <= before and session.elapsed >= timedelta(0)
+        session.started_at = before - timedelta(hours=1)
+        deliver(_placed("old", ago=timedelta(minutes=30)), persist=False)
+        deliver(_placed("new", ago=timedelta(minutes=5)), persist=False)
+
+    recent = session.burn_rate(10)
+    # only "new" is in the last 10 minutes: $0.0035 per 1/6 hour = $0.021 per hour;
+    # 1100 tokens per 10 minutes = 110 per minute
+    assert recent.calls == 1 and recent.window == timedelta(minutes=10)
+    assert recent.usd_per_hour == Decimal("0.021")
+    assert recent.tokens_per_minute == 110
+    whole = session.burn_rate()
+    # both calls over the hour (and a little) the session has run: at most $0.007 per hour
+    assert whole.calls == 2
+    assert Decimal("0.0069") < whole.usd_per_hour <= Decimal("0.007")
+
+
+def test_a_window_longer_than_the_session_is_the_session() -> None:
+    with track_usage(persist=False) as session:
+        session.started_at = datetime.now(timezone.utc) - timedelta(minutes=2)
+        deliver(_placed("one", ago=timedelta(minutes=1)), persist=False)
+    rate = session.burn_rate(60)
+    assert timedelta(minutes=2) <= rate.window < timedelta(minutes=3)
+    # $0.0035 over about 2 minutes: about $0.105 per hour, not $0.0035 per hour
+    assert Decimal("0.07") < rate.usd_per_hour <= Decimal("0.105")
+
+
+def test_a_resumed_session_carries_on_from_the_log(tmp_path: Path) -> None:
+    db = tmp_path / "usage.db"
+    first = _placed("n1", agent="writer", ago=timedelta(hours=3))
+    with track_usage(db=db, session="nightly-run"):
+        deliver(first)
+        deliver(_placed("n2", agent="reviewer", model="gpt-4o-mini", ago=timedelta(hours=2)))
+    with track_usage(db=db, session="other-run"):
+        deliver(_placed("o1", agent="writer"))
+    assert modelforge.flush()
+
+    with track_usage(db=db, session="nightly-run", resume=True) as session:
+        deliver(_placed("n3", agent="writer"))
+    assert [r.run_id for r in session.calls] == ["n3"]
+    # n1 + n3 on gpt-4o (2 × 3500) + n2 on gpt-4o-mini (210) per 1M; other-run not counted
+    assert session.total_cost == Decimal("0.00721")
+    assert session.usage == Usage(input_tokens=3000, output_tokens=300)
+    writer = session.by_agent()["writer"]
+    assert (writer.calls, writer.cost) == (2, 2 * GPT4O_CALL)
+    assert session.by_model()["gpt-4o-mini"].calls == 1
+    assert session.started_at == datetime.fromisoformat(first.ts.replace("Z", "+00:00"))
+    assert session.burn_rate(60).calls == 1  # the window holds this run's calls only
+
+
+def test_resume_needs_a_session_name_and_a_new_log_has_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ResumeError, match='session="name"'):
+        track_usage(resume=True)
+    with track_usage(db=tmp_path / "none.db", session="fresh", resume=True) as session:
+        pass
+    assert (session.total_cost, session.prior) == (Decimal(0), [])
+
+
+def test_the_session_name_is_recorded_as_an_attribute(tmp_path: Path) -> None:
+    db = tmp_path / "usage.db"
+    with track_usage(db=db, session="nightly-run"):
+        deliver(_placed("s1"))
+    assert modelforge.flush()
+    row = sqlite3.connect(db).execute("SELECT attrs FROM calls").fetchone()
+    assert json.loads(row[0]) == {"session": "nightly-run"}

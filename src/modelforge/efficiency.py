@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelforge.money import from_parts
+from modelforge.money import from_parts, money_text
 from modelforge.pricing.catalog import CatalogEntry, get_catalog
 from modelforge.pricing.cost import cost_for
 from modelforge.pricing.resolve import get_resolver
@@ -79,12 +79,12 @@ class Tally:
             "cache_hit_rate": _ratio(t["cache_read_tokens"], inputs, 4),
             "reasoning_share": _ratio(t["reasoning_tokens"], outputs, 4),
             "output_input_ratio": _ratio(outputs, inputs, 4),
-            "cost_usd": None if nothing_priced else str(self.cost_usd),
+            "cost_usd": None if nothing_priced else money_text(self.cost_usd),
             "unpriced_calls": self.unpriced_calls,
-            "cache_savings_usd": None if nothing_priced else str(self.cache_savings_usd),
+            "cache_savings_usd": None if nothing_priced else money_text(self.cache_savings_usd),
         }
         if as_model:
-            data["as_model_cost_usd"] = str(self.as_model_usd)
+            data["as_model_cost_usd"] = money_text(self.as_model_usd)
             data["unrepriced_calls"] = self.unrepriced_calls
         return data
 
@@ -102,7 +102,7 @@ class TraceCost:
         return {
             "trace": self.trace,
             "calls": self.calls,
-            "cost_usd": str(self.cost_usd),
+            "cost_usd": money_text(self.cost_usd),
             "unpriced_calls": self.unpriced_calls,
             "first_ts": self.first_ts,
             "models": self.models,
