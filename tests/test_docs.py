@@ -120,8 +120,14 @@ def test_getting_started_blocks_run_as_written(tmp_path: Path, user_dirs: Path) 
     # The page states these costs; the log the blocks wrote must agree.
     text = (DOCS / "index.md").read_text(encoding="utf-8")
     for db, expected in (
-        ("usage.db", {"gpt-4o": "0.007125", "gpt-4o-mini": "0.00102"}),
-        ("demo.db", {"gpt-4o-2024-08-06": "0.005", "claude-sonnet-4-5-20250929": "0.0096"}),
+        ("usage.db", {"openai/gpt-4o": "0.007125", "openai/gpt-4o-mini": "0.00102"}),
+        (
+            "demo.db",
+            {
+                "openai/gpt-4o-2024-08-06": "0.005",
+                "anthropic/claude-sonnet-4-5-20250929": "0.0096",
+            },
+        ),
     ):
         conn = sqlite3.connect(work / db)
         try:
@@ -179,3 +185,167 @@ def test_every_page_is_in_the_nav() -> None:
     assert pages, "no pages in docs/"
     missing = [page for page in pages if f": {page}" not in nav]
     assert not missing, f"pages missing from the mkdocs.yml nav: {missing}"
+
+
+# --- every command example runs (issue #25 item 3) --------------------------------------
+
+README = DOCS.parent / "README.md"
+SHELL_LANGS = {"bash", "sh", "shell", "console", ""}
+# Examples that reach past this machine, and what they need: left out, by name.
+NEEDS_THE_NETWORK = {
+    "modelforge prices update": "downloads models.dev's catalog",
+    "modelforge demo --live": "calls the real OpenAI and Anthropic APIs",
+}
+_SUBSTITUTION = re.compile(r"\"?\$\((modelforge [^)]*)\)\"?")
+
+
+def _doc_lines() -> list[tuple[str, str, str | None]]:
+    """(where, line, the page's last TOML block before it) for each shell line of the
+    docs and the README, and each example line of the commands' --help."""
+    lines: list[tuple[str, str, str | None]] = []
+    for page in [*sorted(DOCS.glob("*.md")), README]:
+        toml = None
+        for m in FENCE.finditer(page.read_text(encoding="utf-8")):
+            if m["lang"] == "toml":
+                toml = m["body"]
+            elif m["lang"] in SHELL_LANGS:
+                lines += [(page.name, line, toml) for line in m["body"].splitlines()]
+    for path in ["", *_command_paths(cli)]:
+        command: click.Command = cli
+        for name in path.split():
+            assert isinstance(command, click.Group)
+            command = command.commands[name]
+        where = " ".join(["modelforge", path, "--help"] if path else ["modelforge --help"])
+        lines += [(where, line, None) for line in _help_examples(command)]
+    return lines
+
+
+def _help_examples(command: click.Command) -> list[str]:
+    help_text = command.help or ""
+    if "Example" not in help_text:
+        return []
+    block = help_text.split("Example", 1)[1].split("\n\n", 1)[0]
+    return [line.strip() for line in block.splitlines()[1:] if line.strip()]
+
+
+Example = tuple[str, list[str], dict[str, str], str | None, dict[str, str]]
+
+
+def command_examples() -> list[Example]:
+    """Each `modelforge …` command in the docs: (where, args, env, stdin, files), where
+    `files` are those the page wrote before it (the price file `MODELFORGE_PRICES`
+    names is the page's TOML block above it)."""
+    import shlex
+
+    found = []
+    for where, line, toml in _doc_lines():
+        line = _SUBSTITUTION.sub(lambda m: m[1], line.strip().removeprefix("$ "))
+        if "modelforge " not in line:
+            continue
+        words = shlex.split(line, comments=True)
+        stdin = None
+        for part in " ".join(shlex.quote(w) for w in words).split(" && "):
+            pipeline = part.split(" | ")
+            tokens = shlex.split(pipeline[-1])
+            if len(pipeline) == 2 and shlex.split(pipeline[0])[0] == "echo":
+                stdin = " ".join(shlex.split(pipeline[0])[1:]) + "\n"
+            if "modelforge" not in tokens:
+                continue
+            start = tokens.index("modelforge")
+            env = dict(t.split("=", 1) for t in tokens[:start] if "=" in t)
+            args = tokens[start + 1 :]
+            if ">" in args:  # a redirect: the output is checked here instead
+                args = args[: args.index(">")]
+            files = {}
+            if "MODELFORGE_PRICES" in env and toml is not None:
+                files[env["MODELFORGE_PRICES"]] = toml
+            found.append((where, args, env, stdin, files))
+    return found
+
+
+EXAMPLES = command_examples()
+
+
+def test_the_examples_are_found() -> None:
+    commands = {" ".join(args[:2]) for _, args, *_ in EXAMPLES}
+    assert {"usage watch", "usage forecast", "usage efficiency", "demo --db"} <= commands
+    assert ["usage", "--by", "user_id", "--json"] in [args for _, args, *_ in EXAMPLES]
+    assert len(EXAMPLES) > 60
+
+
+@pytest.fixture(scope="module")
+def demo_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("langchain_openai")
+    from modelforge import store
+    from modelforge.demo import run_demo
+
+    path = tmp_path_factory.mktemp("demo") / "demo.db"
+    result = run_demo(db=path)
+    assert result.written
+    store.close_all()
+    return path
+
+
+@pytest.fixture
+def example_dir(
+    tmp_path: Path, demo_log: Path, user_dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A directory as a reader of the docs would have it: the demo's log as their usage
+    log, the prompt files the token examples name, and the Azure deployment the pricing
+    page maps."""
+    import shutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("demo.db", "usage.db"):
+        shutil.copy(demo_log, work / name)
+    messages = '[{"role": "user", "content": "How far is the Moon?"}]'
+    tools = '[{"type": "function", "function": {"name": "search", "parameters": {}}}]'
+    (work / "messages.json").write_text(messages, encoding="utf-8")
+    (work / "request.json").write_text(f'{{"messages": {messages}}}', encoding="utf-8")
+    (work / "tools.json").write_text(tools, encoding="utf-8")
+    config = user_dirs / "config"
+    config.mkdir(parents=True)
+    (config / "config.toml").write_text('[azure.deployments]\n"prod-chat" = "gpt-4o"\n')
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MODELFORGE_DB", str(work / "usage.db"))
+    return work
+
+
+@pytest.mark.parametrize(
+    ("where", "args", "env", "stdin", "files"),
+    EXAMPLES,
+    ids=[f"{where}: modelforge {' '.join(args)}" for where, args, *_ in EXAMPLES],
+)
+def test_every_command_example_runs(
+    example_dir: Path,
+    wire: object,
+    where: str,
+    args: list[str],
+    env: dict[str, str],
+    stdin: str | None,
+    files: dict[str, str],
+) -> None:
+    from click.testing import CliRunner
+
+    for name, text in files.items():
+        (example_dir / name).write_text(text, encoding="utf-8")
+    command = "modelforge " + " ".join(args)
+    for prefix, why in NEEDS_THE_NETWORK.items():
+        if command.startswith(prefix):
+            pytest.skip(f"{why}; not run offline")
+    if args[:2] == ["usage", "watch"] and "--once" not in args:
+        args = [*args, "--once"]  # live, it would redraw until q; one frame shows it works
+    if args and args[0] == "reconcile":
+        # The billing API is the wire server's stub, with an admin key it accepts.
+        base_url = wire.base_url  # type: ignore[attr-defined]
+        env = {
+            **env,
+            "OPENAI_ADMIN_KEY": "sk-admin-docs",
+            "ANTHROPIC_ADMIN_KEY": "sk-ant-admin-docs",
+            "MODELFORGE_OPENAI_ADMIN_URL": base_url,
+            "MODELFORGE_ANTHROPIC_ADMIN_URL": base_url,
+        }
+    result = CliRunner().invoke(cli, args, input=stdin, env=env)
+    assert result.exit_code == 0, f"{where}: {command}\n{result.output}"
+    assert "Traceback" not in result.output
