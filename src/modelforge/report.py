@@ -416,24 +416,44 @@ def _local_groups(
 ) -> Groups:
     """Periods in `zone`: sums per UTC hour (from the rollup) moved to local periods.
 
-    A zone whose offset is not a whole number of hours (India, Nepal, parts of
-    Australia) splits UTC hours between local days, so its periods are built from
-    quarter-hour slots of `calls` instead.
+    A UTC hour that a local period boundary cuts in two (local midnight falls at :30 in
+    India, at :45 in Nepal) is split from its calls, by quarter hour. With `--by hour`
+    in such a zone every hour is cut, so all of it comes from the calls.
     """
     others = [g for g in groups if g not in TIME_GROUPS]
+    periods = [g for g in groups if g in TIME_GROUPS]
     slots = aggregate(conn, ["hour", *others], filters)
-    if any(_utc(key[0]).astimezone(zone).minute for key in slots):
+    cut = {hour for hour in {key[0] for key in slots} if _cut(hour, periods, zone)}
+    if cut and "hour" in periods:
         slots = {}
         _raw_groups(conn, ["quarter", *others], filters, slots)
+    elif cut:
+        slots = {key: sums for key, sums in slots.items() if key[0] not in cut}
+        for hour in sorted(cut):
+            start = hour + ":00.000000Z"
+            end = format_ts(_utc(hour) + timedelta(hours=1))
+            since = max(start, filters.since or start)
+            until = min(end, filters.until or end)
+            _raw_groups(
+                conn, ["quarter", *others], replace(filters, since=since, until=until), slots
+            )
+    local: dict[str, dict[str, str]] = {}  # UTC slot -> its local period per grouping
     result: Groups = {}
     for key, sums in slots.items():
-        local = _utc(key[0]).astimezone(zone)
+        names = local.get(key[0])
+        if names is None:
+            moment = _utc(key[0]).astimezone(zone)
+            names = local[key[0]] = {g: moment.strftime(TIME_FORMATS[g]) for g in periods}
         rest = iter(key[1:])
-        local_key = tuple(
-            local.strftime(TIME_FORMATS[g]) if g in TIME_GROUPS else next(rest) for g in groups
-        )
-        _add(result, local_key, sums)
+        _add(result, tuple(names[g] if g in TIME_GROUPS else next(rest) for g in groups), sums)
     return result
+
+
+def _cut(hour: str, periods: Sequence[str], zone: tzinfo) -> bool:
+    """Whether the UTC hour `hour` falls in two local periods."""
+    start = _utc(hour).astimezone(zone)
+    last = (_utc(hour) + timedelta(minutes=59, seconds=59, microseconds=999999)).astimezone(zone)
+    return any(start.strftime(TIME_FORMATS[g]) != last.strftime(TIME_FORMATS[g]) for g in periods)
 
 
 def _utc(slot: str) -> datetime:
