@@ -27,6 +27,11 @@ def current_sessions() -> tuple[UsageSession, ...]:
     return _sessions.get()
 
 
+def guarding(sessions: tuple[UsageSession, ...]) -> bool:
+    """Whether any of `sessions` asked for the context-window guard."""
+    return any(s.guard_context for s in sessions)
+
+
 @dataclass(frozen=True)
 class ModelTotals:
     calls: int
@@ -39,11 +44,17 @@ class UsageSession:
     """What `track_usage()` yields: the calls made inside the block, with totals."""
 
     def __init__(
-        self, attrs: dict[str, Any], *, persist: bool = True, db: Path | str | None = None
+        self,
+        attrs: dict[str, Any],
+        *,
+        persist: bool = True,
+        db: Path | str | None = None,
+        guard_context: bool = False,
     ) -> None:
         self.attrs = clean_attrs(attrs)
         self.persist = persist
         self.db = db
+        self.guard_context = guard_context
         self.calls: list[CallRecord] = []
         self._run_ids: set[str] = set()
         self._lock = threading.Lock()
@@ -133,8 +144,11 @@ class track_usage:
     """Record every LLM call made inside the block, in LangChain or LlamaIndex.
 
     Keyword arguments become attributes on every record (`project="x"`), except:
-    `persist` (False keeps records in memory only), `db` (the log file) and
-    `llamaindex` (True also turns on LlamaIndex instrumentation).
+    `persist` (False keeps records in memory only), `db` (the log file),
+    `llamaindex` (True also turns on LlamaIndex instrumentation) and `guard_context`
+    (True raises `ContextWindowExceededError` before sending a LangChain call, or a
+    LlamaIndex call that a `LlamaIndexCallbackHandler` sees, whose prompt cannot fit
+    the model's context window).
 
     >>> from modelforge import track_usage
     >>> with track_usage(project="docs") as session:
@@ -149,9 +163,10 @@ class track_usage:
         persist: bool = True,
         db: Path | str | None = None,
         llamaindex: bool = False,
+        guard_context: bool = False,
         **attrs: Any,
     ) -> None:
-        self.session = UsageSession(attrs, persist=persist, db=db)
+        self.session = UsageSession(attrs, persist=persist, db=db, guard_context=guard_context)
         self._llamaindex = llamaindex
         self._token: Token[tuple[UsageSession, ...]] | None = None
         self._undo: list[Callable[[], None]] = []

@@ -31,10 +31,12 @@ except ModuleNotFoundError as exc:
     raise missing_extra(exc, "langchain") from exc
 
 from modelforge import config, recorder
+from modelforge.context_guard import guard_call, max_output_tokens
+from modelforge.errors import ContextWindowExceededError
 from modelforge.estimate import estimate_usage, text_of
 from modelforge.providers import provider_of_class
 from modelforge.records import CallRecord, clean_attrs, clean_tags, elapsed_ms, price_call, utc_now
-from modelforge.session import UsageSession
+from modelforge.session import UsageSession, guarding
 from modelforge.usage import Usage, extract_usage, from_langchain, recorded_tier
 
 __all__ = ["UsageCallbackHandler"]
@@ -65,12 +67,16 @@ class UsageCallbackHandler(BaseCallbackHandler):
 
     Pass it as a callback (`config={"callbacks": [handler]}` or `callbacks=[handler]`
     on the model); it works for sync and async calls, streams, batches, chains,
-    agents and LangGraph graphs. It never raises into your code.
+    agents and LangGraph graphs. It never raises into your code, except on purpose
+    with `guard_context=True`.
 
     Args:
         persist: False keeps records out of the SQLite log (sessions still see them).
         db: the log file; default `MODELFORGE_DB` or the user data dir.
         metadata_keys: run-metadata keys copied into each record's attributes.
+        guard_context: True raises `ContextWindowExceededError` before a request is
+            sent when its prompt, plus the output it asks for (`max_tokens`), does not
+            fit the model's context window.
     """
 
     raise_error = False
@@ -83,8 +89,13 @@ class UsageCallbackHandler(BaseCallbackHandler):
         db: Path | str | None = None,
         metadata_keys: Sequence[str] | None = None,
         sessions: Iterable[UsageSession] = (),
+        guard_context: bool = False,
     ) -> None:
         super().__init__()
+        self.guard_context = guard_context
+        # LangChain lets a handler's error reach the caller only when `raise_error` is
+        # set; every other error of ours is still caught where it happens.
+        self.raise_error = guard_context
         self.persist = persist
         self.db = db
         self.metadata_keys = tuple(
@@ -109,6 +120,8 @@ class UsageCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if self.guard_context:
+            self._guard_context(serialized, messages, metadata, kwargs)
         try:
             self._start(run_id, parent_run_id, serialized, messages, tags, metadata, kwargs, "chat")
         except Exception as exc:
@@ -125,6 +138,8 @@ class UsageCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if self.guard_context:
+            self._guard_context(serialized, prompts, metadata, kwargs)
         try:
             self._start(
                 run_id, parent_run_id, serialized, prompts, tags, metadata, kwargs, "completion"
@@ -205,6 +220,36 @@ class UsageCallbackHandler(BaseCallbackHandler):
             self._roots[run_id] = root
             return root
 
+    def _guard_context(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: Any,
+        metadata: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Raise `ContextWindowExceededError` when a prompt of this run cannot fit its
+        model's window: the one error this handler lets out. Any other failure here is
+        the handler's own, and lets the call through."""
+        try:
+            metadata = metadata or {}
+            params = kwargs.get("invocation_params") or {}
+            model = _requested_model(metadata, params)
+            if not model:
+                return
+            provider = metadata.get("ls_provider") or _provider_from_class(serialized)
+            for prompt in prompts or ():  # a batch: one request per prompt
+                guard_call(
+                    str(model),
+                    prompt,
+                    provider=provider if isinstance(provider, str) else None,
+                    tools=params.get("tools"),
+                    max_output=max_output_tokens(params),
+                )
+        except ContextWindowExceededError:
+            raise
+        except Exception as exc:
+            self._failed("guard_context", exc)
+
     def _start(
         self,
         run_id: UUID,
@@ -218,13 +263,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
     ) -> None:
         metadata = metadata or {}
         params = kwargs.get("invocation_params") or {}
-        model = (
-            metadata.get("ls_model_name")
-            or params.get("model")
-            or params.get("model_name")
-            or params.get("model_id")
-            or params.get("deployment_name")
-        )
+        model = _requested_model(metadata, params)
         provider = metadata.get("ls_provider") or _provider_from_class(serialized)
         agent = metadata.get("langgraph_node") or metadata.get("agent")
         picked = {k: metadata[k] for k in self.metadata_keys if k in metadata}
@@ -311,6 +350,16 @@ class UsageCallbackHandler(BaseCallbackHandler):
         recorder.report_error(f"UsageCallbackHandler.{where}", exc)
 
 
+def _requested_model(metadata: dict[str, Any], params: dict[str, Any]) -> Any:
+    return (
+        metadata.get("ls_model_name")
+        or params.get("model")
+        or params.get("model_name")
+        or params.get("model_id")
+        or params.get("deployment_name")
+    )
+
+
 def _provider_from_class(serialized: dict[str, Any] | None) -> str | None:
     ids = (serialized or {}).get("id")
     if isinstance(ids, list) and ids:
@@ -380,6 +429,8 @@ register_configure_hook(_tracking_handler, inheritable=True)
 
 
 def activate_tracking(stack: tuple[UsageSession, ...]) -> Callable[[], None]:
-    """Attach a handler feeding `stack` to every LangChain run in this context."""
-    token = _tracking_handler.set(UsageCallbackHandler(sessions=stack))
+    """Attach a handler feeding `stack` to every LangChain run in this context; it
+    guards the context window when any block of `stack` asked for that."""
+    handler = UsageCallbackHandler(sessions=stack, guard_context=guarding(stack))
+    token = _tracking_handler.set(handler)
     return lambda: _tracking_handler.reset(token)
