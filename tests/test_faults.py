@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from modelforge import CallRecord, Usage, UsageLogError, migrations, price, recorder, report, store
 from modelforge.cli import cli as main
 from modelforge.store import UsageLog, open_db
+from row_checks import row_for_table
 
 
 def _record(run_id: str, ts: str | None = None, **tokens: int) -> CallRecord:
@@ -284,7 +285,7 @@ def test_read_only_commands_leave_an_older_log_as_it_was(tmp_path: Path) -> None
     path = tmp_path / "usage.db"
     conn = sqlite3.connect(path, isolation_level=None)
     migrations.apply(conn, stop_after="m002_hourly_rollup")
-    row = store.record_row(_record("r1", "2026-11-01T10:00:00.000000Z"))
+    row = row_for_table(conn, store.record_row(_record("r1", "2026-11-01T10:00:00.000000Z")))
     conn.execute(
         f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
         list(row.values()),

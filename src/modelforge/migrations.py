@@ -311,12 +311,23 @@ def m004_billed(db: sqlite3.Connection) -> None:
     )
 
 
+def m006_context_window(db: sqlite3.Connection) -> None:
+    """Each call's context window and how much of it the call's input used.
+
+    `context_limit` is the window of the model that priced the call (NULL when unknown,
+    never 0); `context_used` is the call's input tokens.
+    """
+    db.execute('ALTER TABLE "calls" ADD COLUMN "context_limit" INTEGER')
+    db.execute('ALTER TABLE "calls" ADD COLUMN "context_used" INTEGER')
+
+
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: tuple[Migration, ...] = (
     m001_create_calls,
     m002_hourly_rollup,
     m003_rollup_by_triggers,
     m004_billed,
+    m006_context_window,
 )
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)
 

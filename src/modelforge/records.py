@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from modelforge import config
+from modelforge.context_guard import recorded_window
 from modelforge.errors import ModelForgeError
 from modelforge.pricing.cost import Cost, price
 from modelforge.usage import Usage
@@ -70,6 +71,16 @@ class CallRecord:
     @property
     def estimated(self) -> bool:
         return self.usage.estimated
+
+    @property
+    def context_limit(self) -> int | None:
+        """The context window of the model that priced the call; None when unknown."""
+        return recorded_window(self.cost.entry, self.usage.input_tokens)
+
+    @property
+    def context_used(self) -> int:
+        """How much of the window the call's input filled: its input tokens."""
+        return self.usage.input_tokens
 
 
 def elapsed_ms(start: float, end: float | None) -> float | None:

@@ -112,6 +112,8 @@ def record_row(record: CallRecord) -> dict[str, Any]:
         "tags": json.dumps(list(record.tags), ensure_ascii=False) if record.tags else None,
         "attrs": json.dumps(record.attrs, ensure_ascii=False) if record.attrs else None,
         "anomalies": json.dumps(list(usage.anomalies)) if usage.anomalies else None,
+        "context_limit": record.context_limit,
+        "context_used": record.context_used,
     }
 
 
