@@ -254,6 +254,8 @@ def usage(
     result = report.usage_report(conn, group_by, filters)
     if billed:
         result = report.add_billed(conn, result, filters)
+    if "model" in groups:
+        result = report.add_peak_utilization(conn, result, filters)
     _print_report(result, fmt)
     _print_staleness()
     if chart or png:
@@ -280,11 +282,13 @@ _REPORT_COLUMNS = (
     ("unpriced_calls", "Unpriced"),
 )
 _BILLED_COLUMN = (("billed_usd", "Billed (USD)"),)
+_PEAK_COLUMN = (("peak_utilization", "Peak context"),)
 
 
 def _print_report(result: Any, fmt: str) -> None:
     keys = [g.removeprefix("attr:") for g in result.group_by]
     columns = _REPORT_COLUMNS + (_BILLED_COLUMN if "billed_usd" in result.totals else ())
+    columns += _PEAK_COLUMN if "peak_utilization" in result.totals else ()
     if fmt == "json":
         click.echo(json.dumps(result.as_json(), indent=2))
         return
@@ -337,6 +341,8 @@ def _display(column: str, value: Any) -> str:
         return _money(value)
     if column == "cache_hit_rate":
         return f"{value:.1%}"
+    if column == "peak_utilization":
+        return "—" if value is None else f"{value:.1%}"
     if isinstance(value, int):
         return f"{value:,}"
     return _cell(value)
@@ -383,6 +389,13 @@ def _write_png(points: list[tuple[str, Decimal]], period: str, path: Path) -> No
 @usage.command("calls")
 @filter_options
 @click.option("-n", "--count", default=20, show_default=True, help="How many calls to show.")
+@click.option(
+    "--over",
+    type=click.FloatRange(0, 1),
+    metavar="SHARE",
+    help="Only calls whose input filled more than this share of the model's context "
+    "window, e.g. 0.8.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @db_option
 @handle_errors
@@ -395,6 +408,7 @@ def usage_calls(
     tag: str | None,
     where: tuple[str, ...],
     count: int,
+    over: float | None,
     as_json: bool,
     db: Path | None,
 ) -> None:
@@ -404,6 +418,7 @@ def usage_calls(
     Examples:
       modelforge usage calls -n 5
       modelforge usage calls --model 'claude*' --json
+      modelforge usage calls --over 0.8      # calls above 80% of their context window
     """
     from modelforge import report
 
@@ -411,7 +426,7 @@ def usage_calls(
         raise click.UsageError("-n/--count must be at least 1")
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
     conn = _open_log(db)
-    rows = report.recent_calls(conn, count, filters) if conn is not None else []
+    rows = report.recent_calls(conn, count, filters, over) if conn is not None else []
     if as_json:
         for row in rows:
             row["tags"] = json.loads(row["tags"]) if row["tags"] else []
@@ -421,13 +436,14 @@ def usage_calls(
     from rich.table import Table
 
     table = Table()
-    for title in ("Time (UTC)", "Model", "Provider", "Input", "Cached", "Output", "Cost", "Status"):
-        table.add_column(
-            title, justify="right" if title in ("Input", "Cached", "Output", "Cost") else "left"
-        )
+    numbers = ("Input", "Cached", "Output", "Context", "Cost")
+    for title in ("Time (UTC)", "Model", "Provider", *numbers, "Status"):
+        table.add_column(title, justify="right" if title in numbers else "left")
     for row in rows:
         cost = _money(Decimal(row["cost_usd"])) if row["cost_usd"] else "unpriced"
         status = row["status"] + (" (est.)" if row["estimated"] else "")
+        limit, used = row["context_limit"], row["context_used"]
+        context = f"{used / limit:.1%}" if limit and used is not None else "—"
         table.add_row(
             row["ts"][:19].replace("T", " "),
             row["response_model"] or row["model"] or "?",
@@ -435,6 +451,7 @@ def usage_calls(
             f"{row['input_tokens']:,}",
             f"{row['cache_read_tokens']:,}",
             f"{row['output_tokens']:,}",
+            context,
             cost,
             status,
         )

@@ -406,6 +406,10 @@ def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Iterato
         yield dict(zip(names, values))
 
 
+# A call's input as a share of its context window; NULL where the window is unknown.
+UTILIZATION = "CAST(calls.context_used AS REAL) / nullif(calls.context_limit, 0)"
+
+
 CALL_COLUMNS = (
     "ts",
     "run_id",
@@ -431,14 +435,23 @@ CALL_COLUMNS = (
     "agent",
     "tags",
     "attrs",
+    "context_limit",
+    "context_used",
 )
 
 
 def recent_calls(
-    conn: sqlite3.Connection, limit: int = 20, filters: Filters | None = None
+    conn: sqlite3.Connection,
+    limit: int = 20,
+    filters: Filters | None = None,
+    over: float | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest calls first, like `llm logs`."""
+    """The newest calls first, like `llm logs`; with `over`, only calls whose input
+    filled more than that share of their model's context window."""
     where, params = (filters or Filters()).sql()
+    if over is not None:
+        where = f"({where}) AND calls.context_limit > 0 AND {UTILIZATION} > ?"
+        params.append(over)
     sql = (
         f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE {where} ORDER BY ts DESC, id DESC "
         "LIMIT ?"
@@ -545,3 +558,38 @@ def _trimmed(amount: Decimal) -> Decimal:
     """The same amount without trailing zeros (billing APIs send '0.00460000000000000')."""
     normal = amount.normalize()
     return normal if int(normal.as_tuple().exponent) < 0 else amount.quantize(Decimal(1))
+
+
+# --- context-window utilisation (`usage --by model`) ------------------------------------
+
+
+def add_peak_utilization(
+    conn: sqlite3.Connection, result: UsageReport, filters: Filters
+) -> UsageReport:
+    """Put `peak_utilization` beside each group and the totals: the largest share of its
+    context window any of the group's calls filled (0..1), None when no call of the
+    group has a known window. Read from `calls`: the hourly rollup keeps no maximum."""
+    where, params = filters.sql()
+    keys, key_params, joins = [], [], ""
+    for name in result.group_by:
+        if name.startswith("attr:"):
+            keys.append("json_extract(calls.attrs, ?)")
+            key_params.append(attr_path(name[5:]))
+        else:
+            keys.append(group_expression(name))
+            if name == "tag":
+                joins = " LEFT JOIN json_each(calls.tags) AS tag_each"
+    group_sql = f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
+    sql = f"SELECT {', '.join([*keys, f'max({UTILIZATION})'])} FROM calls{joins} WHERE {where}"
+    peaks = {tuple(row[:-1]): row[-1] for row in conn.execute(sql + group_sql, key_params + params)}
+    names = [g.removeprefix("attr:") for g in result.group_by]
+    rows = [
+        {**row, "peak_utilization": _share(peaks.get(tuple(row[n] for n in names)))}
+        for row in result.rows
+    ]
+    (top,) = conn.execute(f"SELECT max({UTILIZATION}) FROM calls WHERE {where}", params).fetchone()
+    return replace(result, rows=rows, totals={**result.totals, "peak_utilization": _share(top)})
+
+
+def _share(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
