@@ -6,11 +6,14 @@ Each section is one numbered item of that issue. Run them alone with
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -353,3 +356,83 @@ def test_costs_at_the_token_cap_are_stored_and_summed_exactly_everywhere(
     result = CliRunner().invoke(main, ["usage", "--db", str(path), "--by", "framework", "--json"])
     assert result.exit_code == 0, result.output
     assert '"12500000000.00349875"' in result.output
+
+
+# --- 12. Runs that never end ---------------------------------------------------------
+
+
+def _slow_chat_model() -> Any:
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    class SlowChatModel(BaseChatModel):
+        """A model whose answer never comes in time."""
+
+        @property
+        def _llm_type(self) -> str:
+            return "slow"
+
+        def _generate(self, messages: Any, stop: Any = None, **kwargs: Any) -> ChatResult:
+            raise NotImplementedError
+
+        async def _agenerate(self, messages: Any, stop: Any = None, **kwargs: Any) -> ChatResult:
+            await asyncio.sleep(30)
+            return ChatResult(generations=[ChatGeneration(message=AIMessage(content="late"))])
+
+    return SlowChatModel()
+
+
+def test_a_timed_out_ainvoke_is_recorded_as_abandoned_and_its_prompt_let_go() -> None:
+    from modelforge.estimate import held_chars
+    from modelforge.integrations.langchain import UsageCallbackHandler
+    from modelforge.session import UsageSession
+
+    model = _slow_chat_model()
+    prompt = "word " * 2_000  # 10,000 characters
+    session = UsageSession({}, persist=False)
+    handler = UsageCallbackHandler(persist=False, abandon_after=0.2, sessions=[session])
+
+    async def timed_out() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(model.ainvoke(prompt, config={"callbacks": [handler]}), 0.05)
+
+    asyncio.run(timed_out())
+    assert len(handler._runs) == 1  # LangChain sent no end or error event
+    assert held_chars() == len(prompt)
+    time.sleep(0.25)
+    handler.on_llm_start({}, ["next"], run_id=uuid.uuid4())  # any later start sweeps
+    (record,) = [r for r in session.calls if r.status == "abandoned"]
+    assert record.estimated and record.estimate_method
+    assert record.usage.input_tokens > 0 and record.usage.output_tokens == 0
+    assert len(handler._runs) == 1  # only the new run is open
+    assert held_chars() == len("next")
+
+
+@pytest.mark.parametrize("runs", [20_000, pytest.param(200_000, marks=pytest.mark.slow)])
+def test_runs_that_never_end_keep_memory_bounded_and_hold_no_prompt(runs: int) -> None:
+    import gc
+
+    import psutil
+    from langchain_core.outputs import LLMResult
+
+    from modelforge.estimate import MAX_HELD_CHARS, held_chars
+    from modelforge.integrations.langchain import UsageCallbackHandler
+
+    handler = UsageCallbackHandler(persist=False, abandon_after=0.5)
+    prompt = "x" * 500
+    # The first estimate loads a tiktoken encoding (tens of MB, once): not growth.
+    handler.on_llm_start({}, [prompt], run_id=uuid.uuid4())
+    handler.on_llm_end(LLMResult(generations=[]), run_id=next(iter(handler._runs)))
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    for _ in range(runs):
+        handler.on_llm_start({}, [prompt], run_id=uuid.uuid4())
+        assert held_chars() <= MAX_HELD_CHARS
+    gc.collect()
+    grown = psutil.Process().memory_info().rss - before
+    assert grown < 50 * 2**20, f"RSS grew {grown / 2**20:.0f} MB"
+    time.sleep(0.6)
+    handler.on_llm_start({}, [""], run_id=uuid.uuid4())  # abandons every earlier run
+    assert len(handler._runs) == 1
+    assert held_chars() == 0
