@@ -763,7 +763,7 @@ def telemetry() -> None:
 @handle_errors
 def telemetry_on() -> None:
     """Record calls into the usage log (the default)."""
-    path = config.save_setting("telemetry", True)
+    path = _save_switch(True)
     click.echo(f"Telemetry on (saved in {path}).")
     _warn_env_override()
 
@@ -771,10 +771,25 @@ def telemetry_on() -> None:
 @telemetry.command("off")
 @handle_errors
 def telemetry_off() -> None:
-    """Stop recording: no log file is written or created."""
-    path = config.save_setting("telemetry", False)
+    """Stop recording: no log file is written or created.
+
+    Only the `telemetry` line of config.toml changes. A config file that cannot be
+    read is left as it is (nothing is recorded while it is broken) and this says so.
+    """
+    path = _save_switch(False)
     click.echo(f"Telemetry off (saved in {path}). track_usage() totals still work in memory.")
     _warn_env_override()
+
+
+def _save_switch(on: bool) -> Path:
+    try:
+        return config.save_setting("telemetry", on)
+    except ConfigError as exc:
+        raise click.ClickException(
+            f"{exc}. The file was left unchanged; while it cannot be read nothing is "
+            f"recorded. Fix or remove it and run this again, or set MODELFORGE_TELEMETRY="
+            f"{int(on)} in your environment, which decides whatever the file says."
+        ) from None
 
 
 def _warn_env_override() -> None:
@@ -790,9 +805,13 @@ def telemetry_status() -> None:
     from modelforge import report
     from modelforge.store import open_db
 
-    config.load_settings(strict=True)
+    settings = config.load_settings(warn=False)  # its problems are printed below
     status = config.telemetry_status()
     click.echo(f"Recording: {'on' if status.enabled else 'off'} ({status.reason})")
+    if settings.unreadable:
+        click.echo(f"Config:    {config.config_path()} cannot be read: {settings.unreadable}")
+    for line in config.describe_problems(settings).values():
+        click.echo(f"Config:    {line}")
     path = config.default_db_path()
     click.echo(f"Log file:  {path}")
     if not path.exists():
