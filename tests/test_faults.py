@@ -6,6 +6,7 @@ already held. Run them on their own with `pytest tests/test_faults.py`.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import uuid
@@ -199,3 +200,118 @@ def test_telemetry_status_names_each_ignored_setting() -> None:
     assert f"Recording: off (telemetry = off in {path})" in result.output
     assert f"Config:    {path}: retention_days: must be a positive" in result.output
     assert f"Config:    {path}: colour: unknown setting; ignored" in result.output
+
+
+# --- 14. Every CLI option value gives `Error: …`, never a traceback ------------------
+
+
+@pytest.fixture
+def one_call_log(db_path: Path) -> Path:
+    """The default log, holding one gpt-4o call ($0.0035) made now."""
+    recorder.deliver(_record())
+    assert store.flush()
+    return db_path
+
+
+OUT_OF_RANGE_TIMES = [
+    "99999999999d",
+    "1000000d",
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59-05:00",
+    "9" * 5000 + "d",
+]
+
+
+def _bad_values(tmp_path: Path) -> list[list[str]]:
+    missing = tmp_path / "no" / "such" / "dir"
+    times = [
+        [*command, option, value]
+        for command in (["usage"], ["usage", "calls"], ["usage", "export"])
+        for option in ("--since", "--until")
+        for value in [*OUT_OF_RANGE_TIMES, ""]
+    ]
+    return [
+        *times,
+        *(["usage", "prune", "--older-than", value] for value in OUT_OF_RANGE_TIMES),
+        ["usage", "calls", "-n", "9223372036854775808"],
+        ["usage", "calls", "-n", "-1"],
+        ["usage", "export", "-o", str(missing / "x.csv")],
+        ["usage", "export", "-o", ""],
+        ["usage", "--png", str(missing / "x.png")],
+        ["usage", "--png", ""],
+        ["usage", "--format", "json", "--csv"],
+        ["usage", "--csv", "--format", "json", "calls"],
+        ["usage", "--json", "--csv"],
+        ["usage", "--format", "table", "--json"],
+        ["usage", "--model", ""],
+        ["usage", "calls", "--provider", " "],
+        ["usage", "export", "--tag", ""],
+        ["usage", "--by", ""],
+        ["usage", "--by", "attr:"],
+        ["usage", "--where", "=x"],
+        ["prices", "update", "--url", ""],
+        ["prices", "estimate", "gpt-4o", "--input", "1" + "0" * 30, "--output", "1"],
+        ["prices", "estimate", "gpt-4o", "--input", "9" * 5000, "--output", "1"],
+    ]
+
+
+def test_every_bad_option_value_is_an_error_line(one_call_log: Path, tmp_path: Path) -> None:
+    for args in _bad_values(tmp_path):
+        result = _invoke(*args)
+        assert result.exit_code in (1, 2), (args, result.output)
+        assert isinstance(result.exception, SystemExit), (args, result.exception)
+        assert "Error: " in result.output and "Traceback" not in result.output, args
+    assert not (tmp_path / "no").exists()
+
+
+def test_conflicting_formats_are_refused_before_any_work(tmp_path: Path) -> None:
+    # The log does not exist: were the log opened first, the error would say so.
+    result = _invoke("usage", "--db", str(tmp_path / "none.db"), "--format", "json", "--csv")
+    assert result.exit_code == 2
+    assert "Error: --format json and --csv ask for different formats" in result.output
+    result = _invoke("usage", "--db", str(tmp_path / "none.db"), "--csv", "--format", "csv")
+    assert "no usage log at" in result.output  # the same format twice is no conflict
+
+
+def test_output_files_that_cannot_be_written_are_refused_before_any_work(
+    one_call_log: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no" / "such"
+    result = _invoke("usage", "--png", str(missing / "x.png"))
+    assert result.exit_code == 2
+    assert f"the directory '{missing}' does not exist" in result.output
+    assert "Calls" not in result.output  # no report was printed before the error
+    result = _invoke("usage", "export", "-o", str(missing / "x.csv"))
+    assert result.exit_code == 2 and f"the directory '{missing}' does not exist" in result.output
+
+
+def test_out_of_range_times_name_the_option_and_the_range(one_call_log: Path) -> None:
+    result = _invoke("usage", "--since", "1000000d")
+    assert result.exit_code == 2
+    assert result.output.endswith(
+        "Error: Invalid value for '--since': '1000000d' is out of range: times must fall "
+        "in the years 1 to 9999 (UTC)\n"
+    )
+    result = _invoke("usage", "prune", "--older-than", "1000000d")
+    assert result.exit_code == 2
+    assert "Error: --older-than: '1000000d' is out of range" in result.output
+    assert _rows(one_call_log) == [(1,)]
+
+
+def test_since_before_year_1000_counts_every_call(one_call_log: Path) -> None:
+    # strftime wrote year 999 as "999", which sorts after "2026": nothing was counted.
+    result = _invoke("usage", "--since", "0999-01-01", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["totals"]["calls"] == 1
+    result = _invoke("usage", "calls", "--since", "0001-01-01", "-n", "9223372036854775807")
+    assert result.exit_code == 0 and "gpt-4o" in result.output
+
+
+def test_model_names_print_as_they_are_not_as_markup(db_path: Path) -> None:
+    recorder.deliver(_record(model="[/]"))  # once a closing tag with nothing to close
+    recorder.deliver(_record(response_model="[bold]x"))
+    assert store.flush()
+    for args in (["usage", "--by", "model"], ["usage", "calls"]):
+        result = _invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+        assert "[/]" in result.output and "[bold]x" in result.output

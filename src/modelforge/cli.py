@@ -6,19 +6,20 @@ Exit codes: 0 success, 2 bad usage (unknown --by, malformed date, missing --db f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
-import io
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
 from modelforge import __version__, config
+from modelforge.cli_types import NON_EMPTY, SQL_INT_MAX, TIME, TOKENS, OutputPath
 from modelforge.errors import ConfigError, ModelForgeError, UnknownModelError, UsageLogError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,7 +33,9 @@ def _console(stderr: bool = False) -> Any:
     # Piped output gets no ANSI codes (rich detects it); NO_COLOR is honoured by rich.
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 200
-    return Console(file=stream, width=width, highlight=False)
+    # markup=False: table cells hold model names and tags as providers sent them, and a
+    # model called "[/]" must print as that, not fail as a closing tag.
+    return Console(file=stream, width=width, highlight=False, markup=False)
 
 
 def handle_errors(fn: F) -> F:
@@ -66,12 +69,16 @@ def db_option(fn: F) -> F:
 
 def filter_options(fn: F) -> F:
     options = [
-        click.option("--since", help="Only calls since: 7d, 24h, 30m, 2026-11-01 or ISO time."),
-        click.option("--until", help="Only calls before this time (same forms as --since)."),
-        click.option("--model", "model_glob", help="Model glob, e.g. 'gpt-4o*'."),
-        click.option("--provider", help="Provider, e.g. openai."),
-        click.option("--agent", help="Agent (LangGraph node or `agent` metadata)."),
-        click.option("--tag", help="Only calls carrying this tag."),
+        click.option(
+            "--since", type=TIME, help="Only calls since: 7d, 24h, 30m, 2026-11-01 or ISO time."
+        ),
+        click.option(
+            "--until", type=TIME, help="Only calls before this time (same forms as --since)."
+        ),
+        click.option("--model", "model_glob", type=NON_EMPTY, help="Model glob, e.g. 'gpt-4o*'."),
+        click.option("--provider", type=NON_EMPTY, help="Provider, e.g. openai."),
+        click.option("--agent", type=NON_EMPTY, help="Agent (LangGraph node or `agent` metadata)."),
+        click.option("--tag", type=NON_EMPTY, help="Only calls carrying this tag."),
         click.option(
             "--where",
             "where",
@@ -86,27 +93,39 @@ def filter_options(fn: F) -> F:
 
 
 def output_options(fn: F) -> F:
+    """Add --format/--json/--csv; the command gets one `fmt`, checked before it runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, fmt: str | None, as_json: bool, as_csv: bool, **kwargs: Any) -> Any:
+        return fn(*args, fmt=_pick_format(fmt, as_json, as_csv), **kwargs)
+
     options = [
         click.option(
             "--format",
             "fmt",
             type=click.Choice(FORMATS),
-            default="table",
-            show_default=True,
+            show_default="table",
             help="Output format.",
         ),
         click.option("--json", "as_json", is_flag=True, help="Same as --format json."),
         click.option("--csv", "as_csv", is_flag=True, help="Same as --format csv."),
     ]
+    command: Any = wrapper
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        command = option(command)
+    return command  # type: ignore[no-any-return]
 
 
-def _pick_format(fmt: str, as_json: bool, as_csv: bool) -> str:
-    if as_json and as_csv:
-        raise click.UsageError("--json and --csv cannot be used together")
-    return "json" if as_json else "csv" if as_csv else fmt
+def _pick_format(fmt: str | None, as_json: bool, as_csv: bool) -> str:
+    """The one format asked for; two different ones are bad usage, whatever their order."""
+    asked = {f"--format {fmt}": fmt} if fmt else {}
+    if as_json:
+        asked["--json"] = "json"
+    if as_csv:
+        asked["--csv"] = "csv"
+    if len(set(asked.values())) > 1:
+        raise click.UsageError(f"{' and '.join(asked)} ask for different formats; give one")
+    return next(iter(asked.values()), "table")
 
 
 def _filters(
@@ -118,11 +137,12 @@ def _filters(
     tag: str | None,
     where: Sequence[str],
 ) -> Any:
-    from modelforge.report import Filters, parse_when, parse_where
+    from modelforge.report import Filters, parse_where
 
+    # --since and --until arrive as log timestamps: their option type parsed them.
     return Filters(
-        since=parse_when(since, "--since") if since else None,
-        until=parse_when(until, "--until") if until else None,
+        since=since,
+        until=until,
         model=model_glob,
         provider=provider,
         agent=agent,
@@ -193,9 +213,7 @@ def main() -> None:
 @output_options
 @click.option("--chart", is_flag=True, help="Draw cost per period as a terminal bar chart.")
 @click.option(
-    "--png",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the cost chart to a PNG file (needs matplotlib).",
+    "--png", type=OutputPath(), help="Write the cost chart to a PNG file (needs matplotlib)."
 )
 @db_option
 @click.pass_context
@@ -211,8 +229,6 @@ def usage(
     where: tuple[str, ...],
     group_by: tuple[str, ...],
     fmt: str,
-    as_json: bool,
-    as_csv: bool,
     chart: bool,
     png: Path | None,
     db: Path | None,
@@ -232,7 +248,6 @@ def usage(
         return
     from modelforge import report
 
-    fmt = _pick_format(fmt, as_json, as_csv)
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
     groups = report.check_groups(group_by)
     conn = _open_log(db)
@@ -360,13 +375,25 @@ def _write_png(points: list[tuple[str, Decimal]], period: str, path: Path) -> No
     ax.set_title(f"Cost per {period}")
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        # PNG whatever the name ends in: `--png chart.out` is still what was asked for.
+        fig.savefig(path, format="png")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
 
 
 @usage.command("calls")
 @filter_options
-@click.option("-n", "--count", default=20, show_default=True, help="How many calls to show.")
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(1, SQL_INT_MAX),
+    default=20,
+    show_default=True,
+    help="How many calls to show.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @db_option
 @handle_errors
@@ -391,8 +418,6 @@ def usage_calls(
     """
     from modelforge import report
 
-    if count < 1:
-        raise click.UsageError("-n/--count must be at least 1")
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
     conn = _open_log(db)
     rows = report.recent_calls(conn, count, filters) if conn is not None else []
@@ -430,9 +455,7 @@ def usage_calls(
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
 )
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File (default stdout)."
-)
+@click.option("-o", "--output", type=OutputPath(), help="File (default stdout).")
 @db_option
 @handle_errors
 def usage_export(
@@ -461,15 +484,24 @@ def usage_export(
     if conn is None:
         return
     names, rows = report.export_rows(conn, filters)
-    stream: Any = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
-    try:
+    if output is None:
+        _write_rows(sys.stdout, fmt, names, rows)
+        return
+    with _writing(output) as stream:
         _write_rows(stream, fmt, names, rows)
-    finally:
-        if output:
-            stream.close()
 
 
-def _write_rows(stream: io.TextIOBase, fmt: str, names: list[str], rows: Iterable[Any]) -> None:
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[TextIO]:
+    """Open `path` for text output; a failure to open or write it is an `Error:` line."""
+    try:
+        with path.open("w", newline="", encoding="utf-8") as stream:
+            yield stream
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_rows(stream: TextIO, fmt: str, names: list[str], rows: Iterable[Any]) -> None:
     if fmt == "csv":
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(names)
@@ -619,7 +651,7 @@ def prices_list(provider: str | None, search: str | None, as_json: bool) -> None
 
 
 @prices.command("update")
-@click.option("--url", help="Catalog URL (default: models.dev's api.json).")
+@click.option("--url", type=NON_EMPTY, help="Catalog URL (default: models.dev's api.json).")
 @handle_errors
 def prices_update(url: str | None) -> None:
     """Refresh prices from models.dev into the user cache dir.
@@ -646,35 +678,31 @@ def prices_update(url: str | None) -> None:
 @click.option(
     "--input",
     "input_tokens",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     required=True,
     help="Input tokens (all of them).",
 )
 @click.option(
     "--output",
     "output_tokens",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     required=True,
     help="Output tokens (all of them).",
 )
-@click.option(
-    "--cached", type=click.IntRange(min=0), default=0, help="Of the input, read from cache."
-)
+@click.option("--cached", type=TOKENS, default=0, help="Of the input, read from cache.")
 @click.option(
     "--cache-write",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     default=0,
     help="Of the input, written to a 5-minute cache.",
 )
 @click.option(
     "--cache-write-1h",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     default=0,
     help="Of the input, written to a 1-hour cache.",
 )
-@click.option(
-    "--reasoning", type=click.IntRange(min=0), default=0, help="Of the output, reasoning."
-)
+@click.option("--reasoning", type=TOKENS, default=0, help="Of the output, reasoning.")
 @click.option("--provider", help="Provider hint.")
 @click.option("--service-tier", help="Service tier, e.g. flex, priority or batch.")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")

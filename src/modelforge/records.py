@@ -43,7 +43,9 @@ def utc_now() -> str:
 
 def format_ts(moment: datetime) -> str:
     """UTC ISO-8601 with a fixed width, so text order is time order in SQL."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Not strftime: its %Y gives "999", not "0999", for years before 1000 on glibc.
+    utc = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
 
 
 @dataclass(slots=True)
