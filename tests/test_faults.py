@@ -10,13 +10,14 @@ import json
 import logging
 import sqlite3
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
-from modelforge import config, recorder, store
+from modelforge import config, recorder, store, track_usage
 from modelforge.cli import cli
 from modelforge.records import CallRecord, price_call
 from modelforge.usage import Usage
@@ -315,3 +316,77 @@ def test_model_names_print_as_they_are_not_as_markup(db_path: Path) -> None:
         result = _invoke(*args)
         assert result.exit_code == 0, (args, result.output)
         assert "[/]" in result.output and "[bold]x" in result.output
+
+
+# --- 15. Text from providers is cleaned, never fatal ---------------------------------
+
+
+class Unprintable:
+    """An attribute value whose text cannot be had: `__str__` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+class Unrepresentable:
+    """`__repr__` raises; with no `__str__`, str() goes through it."""
+
+    def __repr__(self) -> str:
+        raise ValueError("no repr either")
+
+
+def test_unencodable_text_is_replaced_and_the_record_stored(db_path: Path) -> None:
+    record = _record(
+        model="gpt-4o\ud800",
+        response_model="gpt-4o-2024-08-06\udcff",
+        usage=Usage(input_tokens=1000, output_tokens=100, service_tier="fl\udc80ex"),
+        agent="writer\ud83d",
+        tags=("ok", "t\udfff"),
+        attrs={"user\ud800": "u\udc00-1", "project": "search"},
+    )
+    recorder.deliver(record)
+    assert store.flush()
+    [row] = _rows(
+        db_path, "SELECT model, response_model, service_tier, agent, tags, attrs FROM calls"
+    )
+    assert row[:4] == ("gpt-4o\ufffd", "gpt-4o-2024-08-06\ufffd", "fl\ufffdex", "writer\ufffd")
+    assert json.loads(row[4]) == ["ok", "t\ufffd"]
+    assert json.loads(row[5]) == {"user\ufffd": "u\ufffd-1", "project": "search"}
+    assert store.stats()["dropped"] == 0
+
+
+def test_model_names_are_capped_like_tags(db_path: Path) -> None:
+    recorder.deliver(_record(model="m" * 1_000_000, response_model="r" * 300))
+    assert store.flush()
+    [(model, served)] = _rows(db_path, "SELECT model, response_model FROM calls")
+    assert model == "m" * 256 and served == "r" * 256
+
+
+def test_an_attribute_that_cannot_be_read_is_dropped_alone(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="modelforge")
+    recorder.deliver(
+        _record(
+            run_id="direct",
+            attrs={"bad": Unprintable(), "worse": Unrepresentable(), "ok": "yes"},  # type: ignore[dict-item]
+            tags=("t1", Unprintable(), "t2"),  # type: ignore[arg-type]
+        )
+    )
+    with track_usage(broken=Unprintable(), project="search"):
+        recorder.deliver(_record(run_id="session"))
+    assert store.flush()
+    rows = dict(_rows(db_path, "SELECT run_id, attrs FROM calls"))
+    assert json.loads(rows["direct"]) == {"ok": "yes"}
+    assert json.loads(rows["session"]) == {"project": "search"}
+    [(tags,)] = _rows(db_path, "SELECT tags FROM calls WHERE run_id = 'direct'")
+    assert json.loads(tags) == ["t1", "t2"]
+    assert _warnings(caplog, "dropped an attribute that cannot be turned into text") == 2
+    assert _warnings(caplog, "dropped a tag that cannot be turned into text") == 1
+
+
+def test_cleaned_records_keep_their_cost(db_path: Path) -> None:
+    recorder.deliver(_record(model="gpt-4o\ud800", response_model="gpt-4o"))
+    assert store.flush()
+    [(cost,)] = _rows(db_path, "SELECT cost_usd FROM calls")
+    assert Decimal(cost) == Decimal("0.0035")  # 1000×2.5 + 100×10 = 3500 per 1M

@@ -2,11 +2,16 @@
 
 A record carries counts, prices and attribution only. No prompt or response text ever
 reaches it: there is no field that could hold one.
+
+Every text field passes through `clean_text` when a record is made, so text a provider
+sent (a model name, a service tier, a tag) can never stop the record being stored.
 """
 
 from __future__ import annotations
 
 import json
+import operator
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +28,28 @@ MAX_ATTR_KEY = 64
 MAX_ATTR_VALUE = 256
 MAX_ATTRS = 32
 MAX_TAGS = 32
+MAX_TEXT = 256  # model names, service tier, agent… as for tags and attribute values
+
+# Lone surrogates: the only str content UTF-8 cannot encode, so the write would fail.
+# They arrive from JSON escapes ("\\ud800") and from bytes decoded with surrogateescape.
+_UNENCODABLE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+# Fields cut to MAX_TEXT; the ids are only cleaned, since cutting could merge two runs.
+_TEXT_FIELDS = (
+    "framework",
+    "operation",
+    "provider",
+    "model",
+    "response_model",
+    "status",
+    "error_type",
+    "estimate_method",
+    "agent",
+    "run_name",
+)
+_ID_FIELDS = ("run_id", "parent_run_id", "trace_id")
+_TEXTS = operator.attrgetter(*_TEXT_FIELDS, "usage.service_tier")
+_IDS = operator.attrgetter(*_ID_FIELDS)
 
 
 _second: tuple[int, str] = (-1, "")
@@ -73,6 +100,63 @@ class CallRecord:
     tags: tuple[str, ...] = ()
     attrs: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not self._is_clean():
+            self._clean()
+
+    def _is_clean(self) -> bool:
+        """True when `_clean` would change nothing, as for nearly every record.
+
+        All ASCII means UTF-8 can encode it; joined lengths within a cap mean each part is.
+        """
+        try:
+            texts = "".join(filter(None, _TEXTS(self)))
+            ids = "".join(filter(None, _IDS(self)))
+            if len(texts) > MAX_TEXT or not (texts + ids).isascii():
+                return False
+            tags, attrs = self.tags, self.attrs
+            if tags:
+                joined = "".join(tags)
+                if not (
+                    joined.isascii()
+                    and len(joined) <= MAX_ATTR_VALUE
+                    and len(tags) <= MAX_TAGS
+                    and len(set(tags)) == len(tags)
+                ):
+                    return False
+            if attrs:
+                keys, values = "".join(attrs), "".join(attrs.values())
+                if not (
+                    (keys + values).isascii()
+                    and len(keys) <= MAX_ATTR_KEY
+                    and len(values) <= MAX_ATTR_VALUE
+                    and len(attrs) <= MAX_ATTRS
+                ):
+                    return False
+        except TypeError:  # a value that is not text: an int tag, a None attribute
+            return False
+        return True
+
+    def _clean(self) -> None:
+        """Pass every text field through `clean_text` (tags and attributes through theirs)."""
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, _clean_field(value, MAX_TEXT))
+        for name in _ID_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, _clean_field(value, None))
+        if self.tags:
+            self.tags = clean_tags(self.tags)
+        if self.attrs:
+            self.attrs = clean_attrs(self.attrs)
+        tier = self.usage.service_tier
+        if tier is not None:
+            cleaned = _clean_field(tier, MAX_TEXT)
+            if cleaned != tier:
+                self.usage = self.usage.model_copy(update={"service_tier": cleaned})
+
     @property
     def total_cost(self) -> Decimal | None:
         return self.cost.total
@@ -112,33 +196,76 @@ def price_call(
     return Cost(model=name, provider=provider, flags=("unknown_model",))
 
 
+def clean_text(text: str, limit: int | None = MAX_TEXT) -> str:
+    """`text` cut to `limit` characters, with what UTF-8 cannot encode replaced by U+FFFD.
+
+    The rest of the text is kept, as a UTF-8 encoder with errors="replace" would do.
+
+    >>> clean_text("gpt-4o\\ud800-mini"), len(clean_text("x" * 1000))
+    ('gpt-4o\\ufffd-mini', 256)
+    """
+    if limit is not None and len(text) > limit:
+        text = text[:limit]
+    if text.isascii():
+        return text
+    return _UNENCODABLE.sub(REPLACEMENT, text)
+
+
+def _clean_field(value: Any, limit: int | None) -> str:
+    return clean_text(value if isinstance(value, str) else str(value), limit)
+
+
 def clean_attrs(*sources: Mapping[str, Any] | None) -> dict[str, str]:
-    """Merge attribute mappings (later wins) into short strings, capped in size and count."""
+    """Merge attribute mappings (later wins) into short strings, capped in size and count.
+
+    An attribute whose key or value cannot be turned into text (its `__str__` raises, say)
+    is dropped on its own, with one warning per kind of failure.
+    """
     merged: dict[str, str] = {}
     for source in sources:
         if not source:
             continue
-        for key, value in source.items():
-            if value is None:
+        for key in list(source):
+            try:
+                value = source[key]
+                if value is None:
+                    continue
+                text = value if isinstance(value, str) else _to_text(value)
+                name = key if isinstance(key, str) else str(key)
+            except Exception as exc:
+                _dropped("an attribute", exc)
                 continue
-            text = value if isinstance(value, str) else _to_text(value)
-            merged[str(key)[:MAX_ATTR_KEY]] = text[:MAX_ATTR_VALUE]
+            merged[clean_text(name, MAX_ATTR_KEY)] = clean_text(text, MAX_ATTR_VALUE)
     if len(merged) > MAX_ATTRS:
         merged = dict(list(merged.items())[:MAX_ATTRS])
     return merged
 
 
 def clean_tags(tags: Iterable[Any] | None) -> tuple[str, ...]:
+    """Distinct tags as short strings, in order, capped in count; unreadable ones dropped."""
     if not tags:
         return ()
     seen: dict[str, None] = {}
     for tag in tags:
-        seen.setdefault(str(tag)[:MAX_ATTR_VALUE], None)
+        try:
+            text = tag if isinstance(tag, str) else str(tag)
+        except Exception as exc:
+            _dropped("a tag", exc)
+            continue
+        seen.setdefault(clean_text(text, MAX_ATTR_VALUE), None)
     return tuple(seen)[:MAX_TAGS]
 
 
 def _to_text(value: Any) -> str:
     try:
         return json.dumps(value, default=str, ensure_ascii=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return str(value)
+
+
+def _dropped(what: str, exc: Exception) -> None:
+    # Only the exception's type: its message may itself fail to format.
+    kind = type(exc).__name__
+    config.warn_once(
+        f"dropped:{what}:{kind}", f"dropped {what} that cannot be turned into text ({kind})"
+    )
