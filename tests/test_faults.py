@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from modelforge import config, recorder, store, track_usage
+from modelforge import cli_types, config, recorder, store, track_usage
 from modelforge.cli import cli
 from modelforge.records import CallRecord, price_call
-from modelforge.usage import Usage
+from modelforge.usage import MAX_TOKENS, Usage
 
 # gpt-4o per 1M: 1000×2.5 + 100×10 = 3500 → $0.0035 a call
 USAGE = Usage(input_tokens=1000, output_tokens=100)
@@ -318,6 +320,11 @@ def test_model_names_print_as_they_are_not_as_markup(db_path: Path) -> None:
         assert "[/]" in result.output and "[bold]x" in result.output
 
 
+def test_the_cli_token_cap_is_the_record_cap() -> None:
+    # cli_types repeats the number so that parsing options does not import pydantic.
+    assert cli_types.MAX_TOKENS == MAX_TOKENS
+
+
 # --- 15. Text from providers is cleaned, never fatal ---------------------------------
 
 
@@ -390,3 +397,37 @@ def test_cleaned_records_keep_their_cost(db_path: Path) -> None:
     assert store.flush()
     [(cost,)] = _rows(db_path, "SELECT cost_usd FROM calls")
     assert Decimal(cost) == Decimal("0.0035")  # 1000×2.5 + 100×10 = 3500 per 1M
+
+
+# Any text, lone surrogates included (st.text leaves them out by default), short or long.
+any_text = st.text(st.characters(exclude_categories=()), max_size=300)
+some_text = st.one_of(st.none(), any_text, st.sampled_from(["gpt-4o", "x" * 256, "y" * 257]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=some_text,
+    agent=some_text,
+    run_id=any_text,
+    tier=some_text,
+    tags=st.lists(any_text, max_size=40).map(tuple),
+    attrs=st.dictionaries(st.text(max_size=80), any_text, max_size=40),
+)
+def test_a_record_is_left_as_cleaning_would_leave_it(
+    model: str | None,
+    agent: str | None,
+    run_id: str,
+    tier: str | None,
+    tags: tuple[str, ...],
+    attrs: dict[str, str],
+) -> None:
+    # __post_init__ skips cleaning when one look says it would change nothing; cleaning
+    # again must then indeed change nothing, whichever way the record was judged.
+    usage = Usage(input_tokens=1, service_tier=tier)
+    record = _record(model=model, agent=agent, run_id=run_id, usage=usage, tags=tags, attrs=attrs)
+    fields = {name: getattr(record, name) for name in CallRecord.__slots__}
+    record._clean()
+    assert {name: getattr(record, name) for name in CallRecord.__slots__} == fields
+    for text in (record.model, record.agent, record.run_id, record.usage.service_tier):
+        if text is not None:
+            text.encode("utf-8")
