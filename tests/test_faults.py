@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelforge import cli_types, config, recorder, store, track_usage
+from modelforge import cli_types, config, recorder, records, store, track_usage
 from modelforge.cli import cli
 from modelforge.records import CallRecord, price_call
 from modelforge.usage import MAX_TOKENS, Usage
@@ -35,7 +35,7 @@ def _record(**fields: Any) -> CallRecord:
         run_id=fields.pop("run_id", str(uuid.uuid4())),
         usage=usage,
         cost=price_call(usage, "gpt-4o", None, "openai"),
-        provider="openai",
+        provider=fields.pop("provider", "openai"),
         model=fields.pop("model", "gpt-4o"),
         **fields,
     )
@@ -399,35 +399,48 @@ def test_cleaned_records_keep_their_cost(db_path: Path) -> None:
     assert Decimal(cost) == Decimal("0.0035")  # 1000×2.5 + 100×10 = 3500 per 1M
 
 
+@pytest.mark.parametrize("name", [*records._TEXT_FIELDS, *records._ID_FIELDS])
+def test_each_text_field_is_cleaned_on_its_own(name: str) -> None:
+    record = _record(**{name: "x\ud800" + "y" * 300})
+    text = getattr(record, name)
+    text.encode("utf-8")
+    assert text == ("x\ufffd" + "y" * 300)[: None if name in records._ID_FIELDS else 256]
+
+
 # Any text, lone surrogates included (st.text leaves them out by default), short or long.
 any_text = st.text(st.characters(exclude_categories=()), max_size=300)
 some_text = st.one_of(st.none(), any_text, st.sampled_from(["gpt-4o", "x" * 256, "y" * 257]))
+# Every text field of a record; run_id, framework, operation and status are never None.
+record_texts = st.fixed_dictionaries(
+    {
+        name: any_text if name in ("run_id", "framework", "operation", "status") else some_text
+        for name in (*records._TEXT_FIELDS, *records._ID_FIELDS)
+    }
+)
+some_tags = st.lists(any_text, max_size=40).map(tuple)
+some_attrs = st.dictionaries(st.text(max_size=80), any_text, max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    model=some_text,
-    agent=some_text,
-    run_id=any_text,
+    texts=record_texts,
     tier=some_text,
-    tags=st.lists(any_text, max_size=40).map(tuple),
-    attrs=st.dictionaries(st.text(max_size=80), any_text, max_size=40),
+    tags=st.one_of(some_tags, some_tags.map(records.clean_tags)),
+    attrs=st.one_of(some_attrs, some_attrs.map(records.clean_attrs)),
 )
 def test_a_record_is_left_as_cleaning_would_leave_it(
-    model: str | None,
-    agent: str | None,
-    run_id: str,
-    tier: str | None,
-    tags: tuple[str, ...],
-    attrs: dict[str, str],
+    texts: dict[str, Any], tier: str | None, tags: tuple[str, ...], attrs: dict[str, str]
 ) -> None:
     # __post_init__ skips cleaning when one look says it would change nothing; cleaning
     # again must then indeed change nothing, whichever way the record was judged.
     usage = Usage(input_tokens=1, service_tier=tier)
-    record = _record(model=model, agent=agent, run_id=run_id, usage=usage, tags=tags, attrs=attrs)
+    cost = price_call(usage, "gpt-4o", None, "openai")
+    record = CallRecord(usage=usage, cost=cost, tags=tags, attrs=attrs, **texts)
     fields = {name: getattr(record, name) for name in CallRecord.__slots__}
     record._clean()
     assert {name: getattr(record, name) for name in CallRecord.__slots__} == fields
-    for text in (record.model, record.agent, record.run_id, record.usage.service_tier):
+    for name in (*records._TEXT_FIELDS, *records._ID_FIELDS):
+        text = getattr(record, name)
         if text is not None:
             text.encode("utf-8")
+            assert name in records._ID_FIELDS or len(text) <= records.MAX_TEXT
