@@ -79,6 +79,22 @@ def test_an_unreadable_telemetry_value_in_the_file_records_nothing(
     )
 
 
+def test_telemetry_written_below_a_table_counts_as_off(db_path: Path) -> None:
+    # Appended at the end of a file with tables, the line lands in the last table.
+    path = _write_config('[azure.deployments]\nprod-chat = "gpt-4o"\ntelemetry = false\n')
+    _deliver()
+    assert not db_path.exists()
+    assert config.telemetry_status().reason == (
+        f"{path}: telemetry: is inside [azure.deployments], where it does nothing; move it "
+        "above the first [table]; nothing is recorded until it is fixed"
+    )
+
+
+def test_deeply_dotted_keys_are_read_without_recursion() -> None:
+    _write_config(".".join(["a"] * 3000) + " = 1\n")
+    assert list(config.load_settings().problems) == ["a"]
+
+
 @pytest.mark.parametrize(
     ("value", "enabled"),
     [("false", False), ('"off"', False), ("0", False), ('"On"', True), ("1", True)],

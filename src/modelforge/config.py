@@ -155,7 +155,38 @@ def parse_settings(raw: dict[str, Any], where: str) -> Settings:
     for key in raw:
         if key not in _KNOWN_KEYS:
             problems[key] = ConfigError(f"{where}: {key}", "unknown setting")
+    table = None if "telemetry" in raw else _table_holding(raw, "telemetry")
+    if table:
+        # `telemetry = false` appended below a [table] lands in that table: meant as a
+        # switch, and perhaps as off, so it counts as a bad telemetry value.
+        problems["telemetry"] = ConfigError(
+            f"{where}: telemetry",
+            f"is inside [{table}], where it does nothing; move it above the first [table]",
+        )
     return Settings(**values, problems=problems)
+
+
+def _table_holding(raw: dict[str, Any], key: str) -> str | None:
+    """The dotted name of a table below the top level that has `key`, if any."""
+    # A loop, not recursion, and names built only for the answer: `a.b.c… = 1` with
+    # thousands of parts parses fine.
+    tables: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), raw)]
+    while tables:
+        path, table = tables.pop()
+        for name, value in table.items():
+            if isinstance(value, dict):
+                if key in value:
+                    return _dotted((path, name))
+                tables.append(((path, name), value))
+    return None
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    names = []
+    while path:
+        path, name = path
+        names.append(name)
+    return ".".join(reversed(names))
 
 
 _cache_lock = threading.Lock()
