@@ -74,7 +74,7 @@ def text_of(content: Any) -> str:
 # run that starts past it keeps only its prompt's estimated token count.
 MAX_HELD_CHARS = 4_000_000
 _held_chars = 0
-_held_lock = threading.Lock()
+_held_lock = threading.RLock()  # reentrant: __del__ may run inside it
 
 
 @dataclass(slots=True)
@@ -114,6 +114,11 @@ class HeldPrompt:
         with _held_lock:
             _held_chars -= self.chars
         self.texts, self.chars = None, 0
+
+    def __del__(self) -> None:
+        # A handler dropped with runs still open must not keep their share of the bound.
+        if self.chars:
+            self.release()
 
 
 def held_chars() -> int:

@@ -270,7 +270,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
     def _expired(self, now: float) -> list[_Run]:
         """Forget the runs started more than `abandon_after` seconds before `now`, and
         the oldest beyond `MAX_OPEN_RUNS`."""
-        expired = []
+        expired: list[UUID] = []
         with self._lock:
             excess = len(self._runs) - MAX_OPEN_RUNS
             for run_id, run in self._runs.items():  # in start order
