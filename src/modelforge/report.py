@@ -51,33 +51,65 @@ class ReportError(ModelForgeError, ValueError):
 
     def __init__(self, option: str, message: str) -> None:
         self.option = option
+        self.detail = message
         super().__init__(f"{option}: {message}")
 
 
 def parse_when(text: str, option: str = "--since", now: datetime | None = None) -> str:
-    """`7d`, `24h`, `30m`, `2w`, `2026-11-01` or an ISO timestamp → UTC log timestamp."""
+    """`7d`, `24h`, `30m`, `2w`, `2026-11-01` or an ISO timestamp → UTC log timestamp.
+
+    Raises `ReportError` for text it cannot read and for times outside the years 1 to
+    9999 once in UTC (`--since 1000000d`, `9999-12-31T23:59:59-05:00`).
+    """
     value = text.strip()
     now = now or datetime.now(timezone.utc)
     match = _RELATIVE.match(value.lower())
     if match:
-        delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        return format_ts(now - delta)
+        return _cutoff(now, _age(match, text, option), text, option)
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ReportError(
-            option, f"cannot read {text!r} as a time; use 7d, 24h, 2026-11-01 or an ISO timestamp"
+            option,
+            f"cannot read {_shown(text)} as a time; use 7d, 24h, 2026-11-01 or an ISO timestamp",
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return format_ts(moment)
+    try:
+        return format_ts(moment)
+    except OverflowError:  # the shift to UTC left the years 1 to 9999
+        raise ReportError(option, f"{_shown(text)} is {_OUT_OF_RANGE}") from None
 
 
 def parse_age(text: str, option: str = "--older-than") -> timedelta:
+    """`90d`, `12h`, `30m`, `4w` → a timedelta that reaches no further back than year 1."""
     match = _RELATIVE.match(text.strip().lower())
     if not match:
-        raise ReportError(option, f"cannot read {text!r} as an age; use e.g. 90d, 12h or 4w")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        raise ReportError(option, f"cannot read {_shown(text)} as an age; use e.g. 90d, 12h or 4w")
+    age = _age(match, text, option)
+    _cutoff(datetime.now(timezone.utc), age, text, option)
+    return age
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}… ({len(text)} characters)"
+
+
+_OUT_OF_RANGE = "out of range: times must fall in the years 1 to 9999 (UTC)"
+
+
+def _age(match: re.Match[str], text: str, option: str) -> timedelta:
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except (OverflowError, ValueError):  # past timedelta's 999,999,999 days, or int's digits
+        raise ReportError(option, f"{_shown(text)} is {_OUT_OF_RANGE}") from None
+
+
+def _cutoff(now: datetime, age: timedelta, text: str, option: str) -> str:
+    try:
+        return format_ts(now - age)
+    except OverflowError:
+        raise ReportError(option, f"{_shown(text)} is {_OUT_OF_RANGE}") from None
 
 
 @dataclass

@@ -33,13 +33,17 @@ except ModuleNotFoundError as exc:
 from modelforge import config, recorder
 from modelforge.context_guard import guard_call, max_output_tokens
 from modelforge.errors import ContextWindowExceededError
-from modelforge.estimate import estimate_usage, text_of
+from modelforge.estimate import HeldPrompt, text_of
 from modelforge.providers import provider_of_class
 from modelforge.records import CallRecord, clean_attrs, clean_tags, elapsed_ms, price_call, utc_now
 from modelforge.session import UsageSession, guarding
 from modelforge.usage import Usage, extract_usage, from_langchain, recorded_tier
 
 __all__ = ["UsageCallbackHandler"]
+
+ABANDON_AFTER = 600.0
+# Open runs (and chain or tool runs) past this many: the oldest are abandoned early.
+MAX_OPEN_RUNS = 100_000
 
 
 @dataclass(slots=True)
@@ -56,9 +60,7 @@ class _Run:
     tags: tuple[str, ...]
     attrs: dict[str, str]
     operation: str
-    # Held only until the run ends, and only to estimate tokens when the provider
-    # reports none; never stored.
-    prompts: Any = None
+    prompt: HeldPrompt
     first_token: float | None = None
 
 
@@ -74,6 +76,9 @@ class UsageCallbackHandler(BaseCallbackHandler):
         persist: False keeps records out of the SQLite log (sessions still see them).
         db: the log file; default `MODELFORGE_DB` or the user data dir.
         metadata_keys: run-metadata keys copied into each record's attributes.
+        abandon_after: seconds after which a run that never ended (a cancelled or
+            timed-out `ainvoke` sends no end event) is recorded with status
+            `abandoned`, its input estimated, and forgotten. Default 10 minutes.
         guard_context: True raises `ContextWindowExceededError` before a request is
             sent when its prompt, plus the output it asks for (`max_tokens`), does not
             fit the model's context window.
@@ -89,6 +94,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         db: Path | str | None = None,
         metadata_keys: Sequence[str] | None = None,
         sessions: Iterable[UsageSession] = (),
+        abandon_after: float = ABANDON_AFTER,
         guard_context: bool = False,
     ) -> None:
         super().__init__()
@@ -97,6 +103,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         # set; every other error of ours is still caught where it happens.
         self.raise_error = guard_context
         self.persist = persist
+        self.abandon_after = abandon_after
         self.db = db
         self.metadata_keys = tuple(
             metadata_keys if metadata_keys is not None else config.load_settings().metadata_keys
@@ -269,6 +276,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         picked = {k: metadata[k] for k in self.metadata_keys if k in metadata}
         name = kwargs.get("name")
         started, ts = time.perf_counter(), utc_now()
+        prompt = HeldPrompt.of(_prompt_texts(prompts), str(model) if model else None, operation)
         with self._lock:
             roots = self._roots
             root = roots.get(parent_run_id, parent_run_id) if parent_run_id else run_id
@@ -287,8 +295,30 @@ class UsageCallbackHandler(BaseCallbackHandler):
                 tags=clean_tags(tags),
                 attrs=clean_attrs(picked) if picked else {},
                 operation=operation,
-                prompts=prompts,
+                prompt=prompt,
             )
+            if len(self._roots) > MAX_OPEN_RUNS:  # chains cancelled before they ended
+                for old in list(self._roots)[: MAX_OPEN_RUNS // 2]:
+                    self._roots.pop(old, None)
+        for run in self._expired(started):
+            try:
+                self._record(run, None, None, abandoned=True)
+            finally:
+                run.prompt.release()
+
+    def _expired(self, now: float) -> list[_Run]:
+        """Forget the runs started more than `abandon_after` seconds before `now`, and
+        the oldest beyond `MAX_OPEN_RUNS`."""
+        expired: list[UUID] = []
+        with self._lock:
+            excess = len(self._runs) - MAX_OPEN_RUNS
+            for run_id, run in self._runs.items():  # in start order
+                if len(expired) >= excess and now - run.started < self.abandon_after:
+                    break
+                expired.append(run_id)
+            for run_id in expired:
+                self._roots.pop(run_id, None)
+            return [self._runs.pop(run_id) for run_id in expired]
 
     def _finish(
         self, run_id: UUID, response: LLMResult | None, error: BaseException | None
@@ -297,8 +327,21 @@ class UsageCallbackHandler(BaseCallbackHandler):
             run = self._runs.pop(run_id, None)
             self._roots.pop(run_id, None)
         if run is None:
-            return  # a run we never saw start; nothing reliable to record
-        ended = time.perf_counter()
+            return  # a run we never saw start (or already recorded as abandoned)
+        try:
+            self._record(run, response, error)
+        finally:
+            run.prompt.release()
+
+    def _record(
+        self,
+        run: _Run,
+        response: LLMResult | None,
+        error: BaseException | None,
+        *,
+        abandoned: bool = False,
+    ) -> None:
+        ended = None if abandoned else time.perf_counter()
         try:
             usage, served_model, service_tier = read_llm_result(response)
             outputs = _output_texts(response) if usage is None and error is None else []
@@ -309,12 +352,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         estimate_method = None
         if usage is None:
             if error is None:
-                usage, estimate_method = estimate_usage(
-                    _prompt_texts(run.prompts),
-                    outputs,
-                    served_model or run.model,
-                    chat=run.operation == "chat",
-                )
+                usage, estimate_method = run.prompt.estimate(outputs, served_model or run.model)
             else:
                 usage = Usage()
         tier = recorded_tier(service_tier)
@@ -331,7 +369,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
             provider=run.provider,
             model=run.model,
             response_model=served_model,
-            status="error" if error is not None else "ok",
+            status="abandoned" if abandoned else "error" if error is not None else "ok",
             error_type=type(error).__name__ if error is not None else None,
             latency_ms=elapsed_ms(run.started, ended),
             ttft_ms=elapsed_ms(run.started, run.first_token),
