@@ -1,5 +1,5 @@
 """Issue 24, phase 2: the context-window guard (real clients, loopback wire server), the
-log's `context_limit` / `context_used` columns (m006) and the utilisation reports.
+log's `context_limit` / `context_used` columns (m005) and the utilisation reports.
 
 Windows (price catalog): gpt-4o 128,000; claude-opus-4-1 200,000; claude-sonnet-4-5
 200,000, with a long-context price tier above 200,000 that only Anthropic's 1M-context
@@ -366,7 +366,7 @@ def test_a_log_at_the_previous_schema_gains_the_context_columns(tmp_path: Path) 
     from modelforge import migrations
 
     names = migrations.MIGRATION_NAMES
-    previous = names[names.index("m006_context_window") - 1]
+    previous = names[names.index("m005_context_window") - 1]
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     migrations.apply(conn, stop_after=previous)
@@ -464,13 +464,13 @@ def test_usage_calls_over_lists_calls_above_a_share_of_their_window(window_log: 
     assert code == 2 and "--over" in out
 
 
-def test_usage_calls_over_reads_a_log_written_before_m006(tmp_path: Path) -> None:
+def test_usage_calls_over_reads_a_log_written_before_m005(tmp_path: Path) -> None:
     from modelforge import migrations
 
     names = migrations.MIGRATION_NAMES
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    migrations.apply(conn, stop_after=names[names.index("m006_context_window") - 1])
+    migrations.apply(conn, stop_after=names[names.index("m005_context_window") - 1])
     usage = Usage(input_tokens=1000, output_tokens=10)
     row = record_row(CallRecord(run_id="old", usage=usage, cost=price("gpt-4o", usage)))
     insert_rows(conn, [row_for_table(conn, row)])

@@ -246,6 +246,19 @@ def test_exit_with_the_file_locked_saves_records_for_the_next_open(tmp_path: Pat
     assert not side.exists()
 
 
+def test_a_side_file_from_an_older_version_is_imported_too(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    open_db(path).close()
+    new = store.record_row(_record("new-row"))
+    old = {k: v for k, v in store.record_row(_record("old-row")).items() if "context" not in k}
+    store.save_to_side_file(path, [old, new])  # rows with different columns
+    log = UsageLog(path)
+    log.submit(_record("later"))
+    assert log.flush()
+    assert _count(path) == 3
+    assert not store.side_file(path).exists()
+
+
 # --- 5. flush() tells the truth ------------------------------------------------------
 
 

@@ -311,7 +311,7 @@ def m004_billed(db: sqlite3.Connection) -> None:
     )
 
 
-def m006_context_window(db: sqlite3.Connection) -> None:
+def m005_context_window(db: sqlite3.Connection) -> None:
     """Each call's context window and how much of it the call's input used.
 
     `context_limit` is the window of the model that priced the call (NULL when unknown,
@@ -327,7 +327,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m002_hourly_rollup,
     m003_rollup_by_triggers,
     m004_billed,
-    m006_context_window,
+    m005_context_window,
 )
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)
 
