@@ -524,7 +524,7 @@ def test_4_a_missing_log_is_an_empty_log_with_a_note(
         else:
             assert data == empty
         path = missing if where else db_path
-        assert f"No usage log at {path}" in err
+        assert f"Note: no usage log at {path}" in err
     assert not missing.exists() and not db_path.exists()  # reading never creates it
 
 
@@ -540,7 +540,7 @@ def test_4_csv_and_tables_of_a_missing_log(tmp_path: Path) -> None:
     assert code == 0 and out.startswith("id,ts,run_id,")
     for args in (["usage"], ["usage", "calls"], ["usage", "prune", "--older-than", "1d"]):
         code, out, err = run_split(*args, "--db", missing)
-        assert code == 0 and "No usage log at" in err
+        assert code == 0 and "Note: no usage log at" in err
 
 
 def test_5_the_demo_has_a_log_of_its_own(db_path: Path, user_dirs: Path) -> None:

@@ -9,19 +9,19 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
-import io
 import json
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
 from modelforge import __version__, config
+from modelforge.cli_types import NON_EMPTY, SQL_INT_MAX, TIME, TOKENS, OutputPath
 from modelforge.errors import ConfigError, ModelForgeError, UnknownModelError, UsageLogError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,7 +35,9 @@ def _console(stderr: bool = False) -> Any:
     # Piped output gets no ANSI codes (rich detects it); NO_COLOR is honoured by rich.
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 200
-    return Console(file=stream, width=width, highlight=False)
+    # markup=False: table cells hold model names and tags as providers sent them, and a
+    # model called "[/]" must print as that, not fail as a closing tag.
+    return Console(file=stream, width=width, highlight=False, markup=False)
 
 
 def handle_errors(fn: F) -> F:
@@ -77,8 +79,12 @@ def time_options(fn: F) -> F:
     return _apply(
         fn,
         [
-            click.option("--since", help="Only calls since: 7d, 24h, 30m, 2026-11-01 or ISO time."),
-            click.option("--until", help="Only calls before this time (same forms as --since)."),
+            click.option(
+                "--since", type=TIME, help="Only calls since: 7d, 24h, 30m, 2026-11-01 or ISO time."
+            ),
+            click.option(
+                "--until", type=TIME, help="Only calls before this time (same forms as --since)."
+            ),
         ],
     )
 
@@ -90,11 +96,14 @@ def scope_options(fn: F) -> F:
             click.option(
                 "--model",
                 "model_glob",
+                type=NON_EMPTY,
                 help="Model glob over the catalog model and the logged names, e.g. 'gpt-4o*'.",
             ),
-            click.option("--provider", help="Provider, e.g. openai."),
-            click.option("--agent", help="Agent (LangGraph node or `agent` metadata)."),
-            click.option("--tag", help="Only calls carrying this tag."),
+            click.option("--provider", type=NON_EMPTY, help="Provider, e.g. openai."),
+            click.option(
+                "--agent", type=NON_EMPTY, help="Agent (LangGraph node or `agent` metadata)."
+            ),
+            click.option("--tag", type=NON_EMPTY, help="Only calls carrying this tag."),
             click.option(
                 "--where",
                 "where",
@@ -161,11 +170,12 @@ def _filters(
     tag: str | None,
     where: Sequence[str],
 ) -> Any:
-    from modelforge.report import Filters, parse_when, parse_where
+    from modelforge.report import Filters, parse_where
 
+    # --since and --until arrive as log timestamps: their option type parsed them.
     return Filters(
-        since=parse_when(since, "--since") if since else None,
-        until=parse_when(until, "--until") if until else None,
+        since=since,
+        until=until,
         model=model_glob,
         provider=provider,
         agent=agent,
@@ -183,7 +193,7 @@ def _open_log(db: Path | None) -> sqlite3.Connection:
     path = db if db is not None else config.default_db_path()
     if not path.exists():
         origin = "--db" if db is not None else config.db_path_origin(path)
-        click.echo(f"No usage log at {path} ({origin}): nothing recorded there yet.", err=True)
+        click.echo(f"Note: no usage log at {path} ({origin}): nothing recorded yet.", err=True)
         if db is None:
             click.echo("Run `modelforge demo` to try a report, or record calls first.", err=True)
         return empty_log()
@@ -254,9 +264,7 @@ def main() -> None:
     "day's computed cost; implies --by day.",
 )
 @click.option(
-    "--png",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the cost chart to a PNG file (needs matplotlib).",
+    "--png", type=OutputPath(), help="Write the cost chart to a PNG file (needs matplotlib)."
 )
 @db_option
 @click.pass_context
@@ -308,6 +316,8 @@ def usage(
     result = report.usage_report(conn, group_by, filters, tz=tz, breakdown=breakdown)
     if billed:
         result = report.add_billed(conn, result, filters)
+    if "model" in groups:
+        result = report.add_peak_utilization(conn, result, filters)
     _print_report(result, fmt)
     _print_staleness()
     if chart or png:
@@ -334,6 +344,7 @@ _REPORT_COLUMNS = (
     ("unpriced_calls", "Unpriced"),
 )
 _BILLED_COLUMN = (("billed_usd", "Billed (USD)"),)
+_PEAK_COLUMN = (("peak_utilization", "Peak context"),)
 
 
 def _print_report(result: Any, fmt: str) -> None:
@@ -342,6 +353,7 @@ def _print_report(result: Any, fmt: str) -> None:
         return
     keys = [g.removeprefix("attr:") for g in result.group_by]
     columns = _REPORT_COLUMNS + (_BILLED_COLUMN if "billed_usd" in result.totals else ())
+    columns += _PEAK_COLUMN if "peak_utilization" in result.totals else ()
     model_key = ["model"] if result.breakdown else []
     total_keys = {k: ("TOTAL" if i == 0 else "") for i, k in enumerate([*keys, *model_key])}
     if fmt == "csv":
@@ -412,6 +424,8 @@ def _display(column: str, value: Any) -> str:
         return _money(value)
     if column == "cache_hit_rate":
         return f"{value:.1%}"
+    if column == "peak_utilization":
+        return "—" if value is None else f"{value:.1%}"
     if isinstance(value, int):
         return f"{value:,}"
     return _cell(value)
@@ -483,13 +497,32 @@ def _write_png(points: list[tuple[str, Decimal]], period: str, path: Path) -> No
     ax.set_title(f"Cost per {period}")
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        # PNG whatever the name ends in: `--png chart.out` is still what was asked for.
+        fig.savefig(path, format="png")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
 
 
 @usage.command("calls")
 @filter_options
-@click.option("-n", "--count", default=20, show_default=True, help="How many calls to show.")
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(1, SQL_INT_MAX),
+    default=20,
+    show_default=True,
+    help="How many calls to show.",
+)
+@click.option(
+    "--over",
+    type=click.FloatRange(0, 1),
+    metavar="SHARE",
+    help="Only calls whose input filled more than this share of the model's context "
+    "window, e.g. 0.8.",
+)
 @output_options
 @db_option
 @handle_errors
@@ -502,6 +535,7 @@ def usage_calls(
     tag: str | None,
     where: tuple[str, ...],
     count: int,
+    over: float | None,
     fmt: str,
     db: Path | None,
 ) -> None:
@@ -511,13 +545,12 @@ def usage_calls(
     Examples:
       modelforge usage calls -n 5
       modelforge usage calls --model 'claude*' --json
+      modelforge usage calls --over 0.8      # calls above 80% of their context window
     """
     from modelforge import report
 
-    if count < 1:
-        raise click.UsageError("-n/--count must be at least 1")
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
-    rows = report.recent_calls(_open_log(db), count, filters)
+    rows = report.recent_calls(_open_log(db), count, filters, over)
     if fmt == "json":
         for row in rows:
             row["tags"] = json.loads(row["tags"]) if row["tags"] else []
@@ -536,7 +569,8 @@ def usage_calls(
         ("input_tokens", "Input", _count),
         ("cache_read_tokens", "Cached", _count),
         ("output_tokens", "Output", _count),
-        ("cost", "Cost", _cell),
+        ("context", "Context", _figure),
+        ("cost", "Cost", _figure),
         ("status", "Status", _cell),
     ]
     shown = [
@@ -544,6 +578,7 @@ def usage_calls(
             **row,
             "time": row["ts"][:19].replace("T", " "),
             "model": row["response_model"] or row["model"] or "?",
+            "context": _context_share(row["context_used"], row["context_limit"]),
             "cost": _money(Decimal(row["cost_usd"])) if row["cost_usd"] else "unpriced",
             "status": row["status"] + (" (est.)" if row["estimated"] else ""),
         }
@@ -556,14 +591,22 @@ def _count(value: Any) -> str:
     return "" if value is None else f"{value:,}"
 
 
+def _figure(value: Any) -> str:
+    """A figure already formatted as text: shown as it is, right-aligned."""
+    return _cell(value)
+
+
+def _context_share(used: int | None, limit: int | None) -> str:
+    """A call's input as a share of its model's context window; — when unknown."""
+    return f"{used / limit:.1%}" if limit and used is not None else "—"
+
+
 @usage.command("export")
 @filter_options
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
 )
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File (default stdout)."
-)
+@click.option("-o", "--output", type=OutputPath(), help="File (default stdout).")
 @db_option
 @handle_errors
 def usage_export(
@@ -589,15 +632,24 @@ def usage_export(
 
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
     names, rows = report.export_rows(_open_log(db), filters)
-    stream: Any = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
-    try:
+    if output is None:
+        _write_rows(sys.stdout, fmt, names, rows)
+        return
+    with _writing(output) as stream:
         _write_rows(stream, fmt, names, rows)
-    finally:
-        if output:
-            stream.close()
 
 
-def _write_rows(stream: io.TextIOBase, fmt: str, names: list[str], rows: Iterable[Any]) -> None:
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[TextIO]:
+    """Open `path` for text output; a failure to open or write it is an `Error:` line."""
+    try:
+        with path.open("w", newline="", encoding="utf-8") as stream:
+            yield stream
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_rows(stream: TextIO, fmt: str, names: list[str], rows: Iterable[Any]) -> None:
     if fmt == "csv":
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(names)
@@ -842,8 +894,10 @@ def usage_efficiency(
       modelforge usage efficiency --by agent --as-model gpt-4o-mini --json
     """
     from modelforge.efficiency import DEFAULT_SINCE, efficiency
+    from modelforge.report import parse_when
 
-    filters = _filters(since or DEFAULT_SINCE, until, model_glob, provider, agent, tag, where)
+    since = since or parse_when(DEFAULT_SINCE)
+    filters = _filters(since, until, model_glob, provider, agent, tag, where)
     result = efficiency(_open_log(db), filters, by=by, as_model=as_model, top=top)
     data = result.as_json()
     if fmt == "json":
@@ -1023,7 +1077,7 @@ def prices_list(provider: str | None, search: str | None, as_json: bool) -> None
 
 
 @prices.command("update")
-@click.option("--url", help="Catalog URL (default: models.dev's api.json).")
+@click.option("--url", type=NON_EMPTY, help="Catalog URL (default: models.dev's api.json).")
 @handle_errors
 def prices_update(url: str | None) -> None:
     """Fetch the current models.dev prices into the user cache dir.
@@ -1050,35 +1104,31 @@ def prices_update(url: str | None) -> None:
 @click.option(
     "--input",
     "input_tokens",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     required=True,
     help="Input tokens (all of them).",
 )
 @click.option(
     "--output",
     "output_tokens",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     required=True,
     help="Output tokens (all of them).",
 )
-@click.option(
-    "--cached", type=click.IntRange(min=0), default=0, help="Of the input, read from cache."
-)
+@click.option("--cached", type=TOKENS, default=0, help="Of the input, read from cache.")
 @click.option(
     "--cache-write",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     default=0,
     help="Of the input, written to a 5-minute cache.",
 )
 @click.option(
     "--cache-write-1h",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     default=0,
     help="Of the input, written to a 1-hour cache.",
 )
-@click.option(
-    "--reasoning", type=click.IntRange(min=0), default=0, help="Of the output, reasoning."
-)
+@click.option("--reasoning", type=TOKENS, default=0, help="Of the output, reasoning.")
 @click.option("--provider", help="Provider hint.")
 @click.option("--service-tier", help="Service tier, e.g. flex, priority or batch.")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
@@ -1255,7 +1305,7 @@ def telemetry() -> None:
 @handle_errors
 def telemetry_on() -> None:
     """Record calls into the usage log (the default)."""
-    path = config.save_setting("telemetry", True)
+    path = _save_switch(True)
     click.echo(f"Telemetry on (saved in {path}).")
     _warn_env_override()
 
@@ -1263,10 +1313,25 @@ def telemetry_on() -> None:
 @telemetry.command("off")
 @handle_errors
 def telemetry_off() -> None:
-    """Stop recording: no log file is written or created."""
-    path = config.save_setting("telemetry", False)
+    """Stop recording: no log file is written or created.
+
+    Only the `telemetry` line of config.toml changes. A config file that cannot be
+    read is left as it is (nothing is recorded while it is broken) and this says so.
+    """
+    path = _save_switch(False)
     click.echo(f"Telemetry off (saved in {path}). track_usage() totals still work in memory.")
     _warn_env_override()
+
+
+def _save_switch(on: bool) -> Path:
+    try:
+        return config.save_setting("telemetry", on)
+    except ConfigError as exc:
+        raise click.ClickException(
+            f"{exc}. The file was left unchanged; while it cannot be read nothing is "
+            f"recorded. Fix or remove it and run this again, or set MODELFORGE_TELEMETRY="
+            f"{int(on)} in your environment, which decides whatever the file says."
+        ) from None
 
 
 def _warn_env_override() -> None:
@@ -1282,9 +1347,13 @@ def telemetry_status() -> None:
     from modelforge import report
     from modelforge.store import open_db
 
-    config.load_settings(strict=True)
+    settings = config.load_settings(warn=False)  # its problems are printed below
     status = config.telemetry_status()
     click.echo(f"Recording: {'on' if status.enabled else 'off'} ({status.reason})")
+    if settings.unreadable:
+        click.echo(f"Config:    {config.config_path()} cannot be read: {settings.unreadable}")
+    for line in config.describe_problems(settings).values():
+        click.echo(f"Config:    {line}")
     path = config.default_db_path()
     click.echo(f"Log file:  {path}")
     if not path.exists():

@@ -311,6 +311,16 @@ def m004_billed(db: sqlite3.Connection) -> None:
     )
 
 
+def m005_context_window(db: sqlite3.Connection) -> None:
+    """Each call's context window and how much of it the call's input used.
+
+    `context_limit` is the window of the model that priced the call (NULL when unknown,
+    never 0); `context_used` is the call's input tokens.
+    """
+    db.execute('ALTER TABLE "calls" ADD COLUMN "context_limit" INTEGER')
+    db.execute('ALTER TABLE "calls" ADD COLUMN "context_used" INTEGER')
+
+
 def m007_session_index(db: sqlite3.Connection) -> None:
     """An index on the `session` attribute that `track_usage(session=...)` records, so a
     resumed session and `usage watch --session` find its calls without a scan."""
@@ -326,6 +336,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m002_hourly_rollup,
     m003_rollup_by_triggers,
     m004_billed,
+    m005_context_window,
     m007_session_index,
 )
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)

@@ -29,6 +29,11 @@ def current_sessions() -> tuple[UsageSession, ...]:
     return _sessions.get()
 
 
+def guarding(sessions: tuple[UsageSession, ...]) -> bool:
+    """Whether any of `sessions` asked for the context-window guard."""
+    return any(s.guard_context for s in sessions)
+
+
 @dataclass(frozen=True)
 class ModelTotals:
     """Calls, tokens and cost of one group (a model, an agent, a provider)."""
@@ -76,11 +81,17 @@ class UsageSession:
     """
 
     def __init__(
-        self, attrs: dict[str, Any], *, persist: bool = True, db: Path | str | None = None
+        self,
+        attrs: dict[str, Any],
+        *,
+        persist: bool = True,
+        db: Path | str | None = None,
+        guard_context: bool = False,
     ) -> None:
         self.attrs = clean_attrs(attrs)
         self.persist = persist
         self.db = db
+        self.guard_context = guard_context
         self.calls: list[CallRecord] = []
         self.prior: list[PriorGroup] = []
         self.started_at: datetime = datetime.now(timezone.utc)
@@ -296,7 +307,10 @@ class track_usage:
 
     Keyword arguments become attributes on every record (`project="x"`), except:
     `persist` (False keeps records in memory only), `db` (the log file),
-    `llamaindex` (True also turns on LlamaIndex instrumentation) and `resume`.
+    `llamaindex` (True also turns on LlamaIndex instrumentation), `guard_context`
+    (True raises `ContextWindowExceededError` before sending a LangChain call, or a
+    LlamaIndex call that a `LlamaIndexCallbackHandler` sees, whose prompt cannot fit
+    the model's context window) and `resume`.
 
     Two attributes mean more: `agent="x"` names the agent of every call that does not
     name its own (a LangGraph node does), so `modelforge usage --by agent` sees it; and
@@ -317,12 +331,13 @@ class track_usage:
         persist: bool = True,
         db: Path | str | None = None,
         llamaindex: bool = False,
+        guard_context: bool = False,
         resume: bool = False,
         **attrs: Any,
     ) -> None:
         if resume and not attrs.get("session"):
             raise ResumeError('resume=True needs the session to resume: session="name"')
-        self.session = UsageSession(attrs, persist=persist, db=db)
+        self.session = UsageSession(attrs, persist=persist, db=db, guard_context=guard_context)
         self._llamaindex = llamaindex
         self._resume = str(attrs["session"]) if resume else None
         self._token: Token[tuple[UsageSession, ...]] | None = None

@@ -54,14 +54,16 @@ try:
 except ModuleNotFoundError as exc:
     raise missing_extra(exc, "llamaindex") from exc
 
+from modelforge.errors import ContextWindowExceededError
 from modelforge.integrations.llamaindex_calls import (
     MAX_OPEN_CALLS,
     CallRecorder,
     SpanParents,
     forget_oldest,
     forget_spans,
+    guard_llm_start,
 )
-from modelforge.session import UsageSession
+from modelforge.session import UsageSession, current_sessions, guarding
 
 __all__ = [
     "LlamaIndexCallbackHandler",
@@ -204,6 +206,12 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
     has been consumed or closed. Use it or `instrument()`, not both: an LLM call seen by
     both is still stored once (both give it its span's run id), but an embedding would
     be stored twice.
+
+    With `guard_context=True`, or inside a `track_usage(guard_context=True)` block, it
+    raises `ContextWindowExceededError` before the request is sent when the prompt,
+    plus the output it asks for, does not fit the model's context window. Only this
+    handler can: LlamaIndex's instrumentation dispatcher swallows every exception its
+    event handlers raise, so `instrument()` records calls but cannot stop one.
     """
 
     def __init__(
@@ -213,8 +221,10 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
         db: Path | str | None = None,
         metadata_keys: Sequence[str] | None = None,
         sessions: Iterable[UsageSession] = (),
+        guard_context: bool = False,
     ) -> None:
         super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
+        self.guard_context = guard_context
         self._recorder = CallRecorder(persist, db, metadata_keys, sessions)
         self._keys: dict[str, str] = {}
         _use_span_parents(self)
@@ -232,6 +242,10 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
         parent_id: str = "",
         **kwargs: Any,
     ) -> str:
+        if event_type == CBEventType.LLM and (
+            self.guard_context or guarding(current_sessions() + self._recorder.sessions)
+        ):
+            self._guard_context(payload or {})
         try:
             if event_type == CBEventType.LLM:
                 self._llm_start(payload or {}, event_id)
@@ -272,6 +286,22 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
                     rec.finish(calls.embed_end(event_id, payload.get(EventPayload.CHUNKS)))
         except Exception as exc:
             self._recorder.failed("LlamaIndexCallbackHandler.on_event_end", exc)
+
+    def _guard_context(self, payload: Mapping[str, Any]) -> None:
+        """Raise `ContextWindowExceededError` when the call cannot fit: the one error
+        this handler lets out (LlamaIndex's CallbackManager passes it on, before the
+        request). Any other failure here is the handler's own, and lets the call through."""
+        try:
+            prompt = payload.get(EventPayload.MESSAGES, payload.get(EventPayload.PROMPT))
+            guard_llm_start(
+                payload.get(EventPayload.SERIALIZED),
+                prompt,
+                payload.get(EventPayload.ADDITIONAL_KWARGS),
+            )
+        except ContextWindowExceededError:
+            raise
+        except Exception as exc:
+            self._recorder.failed("LlamaIndexCallbackHandler.guard_context", exc)
 
     def _llm_start(self, payload: Mapping[str, Any], event_id: str) -> None:
         # The LLM method's span is active here, as for the instrumentation events, so
