@@ -136,26 +136,48 @@ def test_bad_options(conn: Any) -> None:
 
 @dataclass
 class StandInBudget:
-    """A budget as the budgets issue describes it; the budgets module is not in this build."""
+    """A budget as `modelforge.budgets` describes it (that module is not in this build)."""
 
     name: str
     usd: str
     period: str
     scope: dict[str, str] = field(default_factory=dict)
+    tokens: int | None = None
+
+
+@dataclass
+class StandInStatus:
+    """What `modelforge.budgets.status()` reports for a budget."""
+
+    budget: StandInBudget
+    spent_usd: Decimal
+    spent_tokens: int
+    resets_at: datetime | None
 
 
 def test_budget_run_out_dates(conn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    budgets = types.ModuleType("modelforge.budgets")
-    budgets.configured_budgets = lambda: [  # type: ignore[attr-defined]
-        StandInBudget("month-cap", "0.05", "month"),
-        StandInBudget("roomy", "1", "month"),
-        StandInBudget("planner-daily", "0.003", "day", {"agent": "planner"}),
+    december = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    standings = [
+        # this month: the 10 calls, $0.035 and 11,000 tokens
+        StandInStatus(
+            StandInBudget("month-cap", "0.05", "month"), Decimal("0.035"), 11000, december
+        ),
+        StandInStatus(StandInBudget("roomy", "1", "month"), Decimal("0.035"), 11000, december),
+        # planner today: one call, $0.0035
+        StandInStatus(
+            StandInBudget("planner-daily", "0.003", "day", {"agent": "planner"}),
+            Decimal("0.0035"),
+            1100,
+            datetime(2026, 11, 21, tzinfo=timezone.utc),
+        ),
     ]
+    budgets = types.ModuleType("modelforge.budgets")
+    budgets.configured = lambda: [s.budget for s in standings]  # type: ignore[attr-defined]
+    budgets.status = lambda conn, configured, now: standings  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "modelforge.budgets", budgets)
     run_outs = {b.name: b for b in forecast(conn, days=4, now=NOW).budgets}
     # month-cap: 0.05 − 0.035 spent = 0.015 left at 0.007 a day: 2 1/7 days from now
     cap = run_outs["month-cap"]
-    assert cap.spent_usd == Decimal("0.035")
     assert cap.runs_out is not None
     assert abs(cap.runs_out - (NOW + timedelta(days=15 / 7))) < timedelta(seconds=1)
     assert run_outs["roomy"].runs_out is None  # lasts past the month's end

@@ -1,13 +1,9 @@
-"""Budgets as the reports show them: how much of each is used, from the log.
+"""Budgets as the reports show them: how much of each is used, and its scope as filters.
 
-`usage watch` draws a bar per budget and `usage forecast` says when each would run
-out. Budgets themselves (their config, checks and alerts) belong to `modelforge.budgets`;
-when this build has no such module, there is nothing to show and both reports say so
-by leaving the section out.
-
-A budget is read by the fields the budgets issue documents: `name`, `usd` and/or
-`tokens`, `period` (hour, day, week, month or total, calendar periods in UTC) and
-`scope` (model glob, provider, agent, tag, or any attribute).
+`usage watch` draws a bar per budget and `usage forecast` says when each would run out.
+The budgets themselves (config, spend, checks, alerts) belong to `modelforge.budgets`:
+this reads its `configured()` budgets and their `status(conn, budgets, now)`. A build
+without that module has no budgets, and both reports leave the section out.
 """
 
 from __future__ import annotations
@@ -15,17 +11,12 @@ from __future__ import annotations
 import importlib
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from modelforge.money import from_parts
-from modelforge.records import format_ts
-from modelforge.report import Filters, aggregate
-
-# Functions of `modelforge.budgets` that list the configured budgets, tried in order.
-_LISTERS = ("configured_budgets", "load_budgets")
+from modelforge.report import Filters
 
 
 @dataclass(frozen=True)
@@ -34,65 +25,41 @@ class BudgetUse:
     unit: str  # "usd" or "tokens"
     limit: Decimal
     spent: Decimal
-    period_end: datetime | None
-    filters: Filters
+    period_end: datetime | None  # when the period resets; None for a total budget
+    filters: Filters  # the calls the budget counts
 
 
-def configured() -> list[Any] | None:
-    """The configured budgets, or None when this build has no budgets module."""
+def budget_uses(conn: sqlite3.Connection, now: datetime | None = None) -> list[BudgetUse] | None:
+    """One line per limit of each configured budget (a budget with a USD and a token
+    limit gives two), or None when this build has no budgets module."""
     try:
         budgets = importlib.import_module("modelforge.budgets")
     except ImportError:
         return None
-    for name in _LISTERS:
-        lister = getattr(budgets, name, None)
-        if callable(lister):
-            return list(lister())
-    return []
-
-
-def budget_uses(conn: sqlite3.Connection, now: datetime | None = None) -> list[BudgetUse] | None:
-    """Each configured budget's limit and spend so far in its current period."""
-    budgets = configured()
-    if budgets is None:
+    configured = getattr(budgets, "configured", None)
+    status = getattr(budgets, "status", None)
+    if not callable(configured) or not callable(status):
         return None
     now = now or datetime.now(timezone.utc)
     uses = []
-    for budget in budgets:
-        start, end = period_bounds(str(getattr(budget, "period", "total")), now)
-        scope = scope_filters(getattr(budget, "scope", None) or {})
-        sums = aggregate(conn, [], replace(scope, since=format_ts(start) if start else None)).get(
-            ()
-        )
-        sums = sums or [0] * 12
-        spent_by_unit = {
-            "usd": from_parts(sums[6], sums[7], sums[8]),
-            "tokens": Decimal(sums[1] + sums[4]),  # input + output
-        }
-        for unit, spent in spent_by_unit.items():
+    for standing in status(conn, configured(), now):
+        budget = standing.budget
+        scope = scope_filters(budget.scope or {})
+        spent = {"usd": Decimal(standing.spent_usd), "tokens": Decimal(standing.spent_tokens)}
+        for unit in ("usd", "tokens"):
             limit = getattr(budget, unit, None)
-            if limit is None:
-                continue
-            name = str(getattr(budget, "name", None) or f"{unit} per {budget.period}")
-            uses.append(BudgetUse(name, unit, Decimal(limit), spent, end, scope))
+            if limit is not None:
+                uses.append(
+                    BudgetUse(
+                        str(budget.name),
+                        unit,
+                        Decimal(limit),
+                        spent[unit],
+                        standing.resets_at,
+                        scope,
+                    )
+                )
     return uses
-
-
-def period_bounds(period: str, now: datetime) -> tuple[datetime | None, datetime | None]:
-    """The current calendar period (UTC) containing `now`: its start and its end."""
-    hour = now.replace(minute=0, second=0, microsecond=0)
-    day = hour.replace(hour=0)
-    if period == "hour":
-        return hour, hour + timedelta(hours=1)
-    if period == "day":
-        return day, day + timedelta(days=1)
-    if period == "week":
-        monday = day - timedelta(days=day.weekday())
-        return monday, monday + timedelta(days=7)
-    if period == "month":
-        first = day.replace(day=1)
-        return first, (first + timedelta(days=32)).replace(day=1)
-    return None, None
 
 
 def scope_filters(scope: Mapping[str, Any]) -> Filters:
