@@ -153,3 +153,48 @@ def test_m007_indexes_the_session_attribute(tmp_path: Path) -> None:
         for row in conn.execute(f"EXPLAIN QUERY PLAN SELECT 1 FROM calls WHERE {where}", params)
     )
     assert "idx_calls_session" in plan
+
+
+_DAILY_FROM_HOURLY = """SELECT substr(hour, 1, 10), framework, provider, model, catalog_model,
+    agent, status, priced, estimated, sum(calls), sum(input_tokens), sum(output_tokens),
+    sum(cache_read_tokens), sum(cache_write_tokens), sum(cache_write_1h_tokens),
+    sum(reasoning_tokens), sum(input_audio_tokens), sum(output_audio_tokens),
+    sum(cost_usd_whole) * 1000000000000 + sum(cost_pusd_frac)
+FROM calls_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9"""
+_DAILY = """SELECT day, framework, provider, model, catalog_model, agent, status, priced,
+    estimated, calls, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+    cache_write_1h_tokens, reasoning_tokens, input_audio_tokens, output_audio_tokens,
+    cost_usd_whole * 1000000000000 + cost_pusd_frac
+FROM calls_daily ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9"""
+
+
+def test_m007_builds_the_daily_rollup_and_its_triggers_keep_it(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    conn = _fresh(path, stop_after="m005_context_window")
+    rows = [
+        store.record_row(_record(f"r{i}", f"2026-11-0{1 + i % 3}T{i % 24:02d}:10:00.000000Z"))
+        for i in range(30)
+    ]
+    store.insert_rows(conn, rows)
+    migrations.apply(conn)  # m007 builds calls_daily from the hourly rows
+    assert conn.execute(_DAILY).fetchall() == conn.execute(_DAILY_FROM_HOURLY).fetchall()
+    assert conn.execute("SELECT count(*) FROM calls_daily").fetchone() == (3,)
+
+    # Rows written afterwards, changed and deleted by plain SQL move the days with them;
+    # a cost with a pico-dollar part makes the carries work.
+    store.insert_rows(conn, [store.record_row(_record("late", "2026-11-04T23:59:00.000000Z"))])
+    conn.execute("UPDATE calls SET cost_usd = '0.999999999999', cost_pusd = NULL WHERE id = 1")
+    conn.execute(
+        "UPDATE calls SET input_tokens = 5, cost_usd = '0.000000000001', cost_pusd = 1 WHERE id = 2"
+    )
+    conn.execute("DELETE FROM calls WHERE ts LIKE '2026-11-02%'")
+    assert conn.execute(_DAILY).fetchall() == conn.execute(_DAILY_FROM_HOURLY).fetchall()
+    days = [day for (day,) in conn.execute("SELECT DISTINCT day FROM calls_daily ORDER BY 1")]
+    assert days == ["2026-11-01", "2026-11-03", "2026-11-04"]  # an emptied day goes
+    # And the reports read the same sums from the days as from the rows.
+    via_days = report.aggregate(conn, ["day"], report.Filters())
+    via_rows: report.Groups = {}
+    report._raw_groups(conn, ["day"], report.Filters(), via_rows)
+    assert {k: report._as_row(v) for k, v in via_days.items()} == {
+        k: report._as_row(v) for k, v in via_rows.items()
+    }

@@ -80,14 +80,15 @@ def test_the_rollup_and_its_edges_give_what_the_rows_give(
     seen = _queries(log)
     assert _rows(report.aggregate(log, groups, filters)) == _rows(_raw(log, groups, filters))
     whole_hours = since is None or until is None or until[:13] > since[:13]
-    assert any("FROM calls_hourly" in sql for sql in seen) == whole_hours
+    rollups = ("FROM calls_hourly", "FROM calls_daily")
+    assert any(r in sql for sql in seen for r in rollups) == whole_hours
 
 
 def test_filters_the_rollup_cannot_answer_read_the_rows(log: sqlite3.Connection) -> None:
     seen = _queries(log)
     filters = report.Filters(tag="t1")
     result = report.aggregate(log, ["model"], filters)
-    assert not any("calls_hourly " in sql for sql in seen)
+    assert not any("calls_hourly " in sql or "calls_daily " in sql for sql in seen)
     # Odd-numbered calls carry t1: 10 of the 21, gpt-4o-mini / no-such-model / gpt-4o.
     assert sum(sums[0] for sums in result.values()) == 10
 
@@ -232,3 +233,60 @@ def test_the_table_says_which_zone_and_nests_the_breakdown(around_midnight: Path
     assert "$0.01" in lines[day]
     assert "└ openai/gpt-4o " in lines[day + 1] and "$0.01" in lines[day + 1]
     assert "└ openai/gpt-4o-mini" in lines[day + 2] and "$0.00021" in lines[day + 2]
+
+
+def test_whole_days_come_from_the_daily_rollup(tmp_path: Path) -> None:
+    calls = [(f"2026-11-0{d}T{h:02d}:30:00.000000Z", "gpt-4o") for d in (1, 2, 3) for h in (1, 23)]
+    conn = open_db(_log(tmp_path / "days.db", calls), create=False)
+    filters = Filters(since="2026-11-01T12:00:00.000000Z")  # mid-day: hours, then days
+    seen = _queries(conn)
+    rows = _rows(report.aggregate(conn, ["model"], filters))
+    assert rows == _rows(_raw(conn, ["model"], filters))
+    # the 23:30 call of Nov 1 and the four of Nov 2 and 3: 5 × $0.0035
+    assert rows[("openai/gpt-4o",)]["cost_usd"] == GPT4O * 5
+    daily = [sql for sql in seen if "FROM calls_daily" in sql]
+    assert daily and "day >= '2026-11-02'" in daily[0]
+    assert any("FROM calls_hourly" in sql and "hour >= '2026-11-01T12'" in sql for sql in seen)
+    seen.clear()
+    report.aggregate(conn, ["hour"], filters)  # hours: the daily rollup cannot answer
+    assert not any("FROM calls_daily" in sql for sql in seen)
+
+
+def test_peak_context_from_the_daily_rollup_matches_the_rows(tmp_path: Path) -> None:
+    # gpt-4o's window is 128,000 tokens: 32,000 in is 0.25 of it, 96,000 is 0.75.
+    log = UsageLog(tmp_path / "peaks.db")
+    for n, (ts, model, inputs) in enumerate(
+        [
+            ("2026-11-01T08:00:00.000000Z", "gpt-4o", 32_000),
+            ("2026-11-01T20:00:00.000000Z", "gpt-4o", 96_000),
+            ("2026-11-02T08:00:00.000000Z", "gpt-4o", 64_000),
+            ("2026-11-03T08:00:00.000000Z", "mystery-model", 5_000),
+        ]
+    ):
+        usage = Usage(input_tokens=inputs, output_tokens=10)
+        log.submit(
+            CallRecord(run_id=f"p{n}", usage=usage, cost=price(model, usage), ts=ts, model=model)
+        )
+    log.close()
+    conn = open_db(tmp_path / "peaks.db", create=False)
+
+    def both(groups: list[str], filters: Filters) -> report.Peaks:
+        seen = _queries(conn)
+        peaks = report.group_peaks(conn, groups, filters)
+        assert peaks == report._raw_peaks(conn, groups, filters)
+        return peaks if any("FROM calls_daily" in sql for sql in seen) else {}
+
+    assert both(["model"], Filters()) == {("openai/gpt-4o",): 0.75, ("mystery-model",): None}
+    assert both(["day"], Filters()) == {
+        ("2026-11-01",): 0.75,
+        ("2026-11-02",): 0.5,
+        ("2026-11-03",): None,
+    }
+    # From mid-day on Nov 1: that day's part from the rows, after the 0.75 call's hour
+    assert both([], Filters(since="2026-11-01T21:00:00.000000Z")) == {(): 0.5}
+    # Deleting the 0.75 call makes Nov 1 stale: its peak is recounted from the rows.
+    writer = open_db(tmp_path / "peaks.db")
+    writer.execute("DELETE FROM calls WHERE run_id = 'p1'")
+    writer.close()
+    conn = open_db(tmp_path / "peaks.db", create=False)
+    assert both(["model"], Filters())[("openai/gpt-4o",)] == 0.5

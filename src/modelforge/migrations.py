@@ -321,12 +321,203 @@ def m005_context_window(db: sqlite3.Connection) -> None:
     db.execute('ALTER TABLE "calls" ADD COLUMN "context_used" INTEGER')
 
 
-def m007_session_index(db: sqlite3.Connection) -> None:
-    """An index on the `session` attribute that `track_usage(session=...)` records, so a
-    resumed session and `usage watch --session` find its calls without a scan."""
+def m007_daily_rollup_and_session_index(db: sqlite3.Connection) -> None:
+    """Daily totals kept by triggers on the hourly rollup, each day's peak context use,
+    and an index on the `session` attribute.
+
+    `calls_daily` has `calls_hourly`'s keys with the day for the hour. Triggers on
+    `calls_hourly` move each change of an hourly row into its day, so the day rows stay
+    right whoever writes `calls`: a year of a busy log is some 15 thousand day rows
+    instead of 370 thousand hour rows, and reports over whole days read those.
+
+    `peak` is the largest share of its context window a call of the row filled (NULL:
+    no call with a known window). A new call can only raise it; a call deleted or
+    changed can lower it, which a trigger cannot recount cheaply, so its day goes into
+    `calls_daily_stale` and reports recount that day's peak from `calls`.
+
+    `track_usage(session=...)` records the `session` attribute; the index lets a resumed
+    session and `usage watch --session` find its calls without a scan.
+    """
     db.execute(
         """CREATE INDEX idx_calls_session ON calls (json_extract(attrs, '$.session'))
     WHERE json_extract(attrs, '$.session') IS NOT NULL"""
+    )
+    db.execute(
+        """CREATE TABLE calls_daily (
+    day TEXT NOT NULL,
+    framework TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    catalog_model TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priced INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    cache_write_1h_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    input_audio_tokens INTEGER NOT NULL,
+    output_audio_tokens INTEGER NOT NULL,
+    cost_usd_whole INTEGER NOT NULL,
+    cost_pusd_frac INTEGER NOT NULL,
+    peak REAL,
+    PRIMARY KEY (day, framework, provider, model, catalog_model, agent, status, priced,
+        estimated)
+) WITHOUT ROWID"""
+    )
+    db.execute("CREATE TABLE calls_daily_stale (day TEXT PRIMARY KEY) WITHOUT ROWID")
+    db.execute(
+        """CREATE TRIGGER calls_daily_add AFTER INSERT ON calls_hourly BEGIN
+    INSERT INTO calls_daily VALUES (substr(NEW.hour, 1, 10), NEW.framework, NEW.provider,
+        NEW.model, NEW.catalog_model, NEW.agent, NEW.status, NEW.priced, NEW.estimated,
+        NEW.calls, NEW.input_tokens, NEW.output_tokens, NEW.cache_read_tokens,
+        NEW.cache_write_tokens, NEW.cache_write_1h_tokens, NEW.reasoning_tokens,
+        NEW.input_audio_tokens, NEW.output_audio_tokens, NEW.cost_usd_whole,
+        NEW.cost_pusd_frac, NULL)
+    ON CONFLICT DO UPDATE SET
+        calls = calls + excluded.calls,
+        input_tokens = input_tokens + excluded.input_tokens,
+        output_tokens = output_tokens + excluded.output_tokens,
+        cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+        cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+        cache_write_1h_tokens = cache_write_1h_tokens + excluded.cache_write_1h_tokens,
+        reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+        input_audio_tokens = input_audio_tokens + excluded.input_audio_tokens,
+        output_audio_tokens = output_audio_tokens + excluded.output_audio_tokens,
+        cost_usd_whole = cost_usd_whole + excluded.cost_usd_whole
+            + (cost_pusd_frac + excluded.cost_pusd_frac) / 1000000000000,
+        cost_pusd_frac = (cost_pusd_frac + excluded.cost_pusd_frac) % 1000000000000;
+END"""
+    )
+    # An hourly row changes only its sums (its keys never change): add the difference.
+    # The pico-dollar part moves by less than a dollar, so one carry either way suffices.
+    db.execute(
+        """CREATE TRIGGER calls_daily_change AFTER UPDATE ON calls_hourly BEGIN
+    UPDATE calls_daily SET
+        calls = calls + NEW.calls - OLD.calls,
+        input_tokens = input_tokens + NEW.input_tokens - OLD.input_tokens,
+        output_tokens = output_tokens + NEW.output_tokens - OLD.output_tokens,
+        cache_read_tokens = cache_read_tokens + NEW.cache_read_tokens - OLD.cache_read_tokens,
+        cache_write_tokens = cache_write_tokens + NEW.cache_write_tokens
+            - OLD.cache_write_tokens,
+        cache_write_1h_tokens = cache_write_1h_tokens + NEW.cache_write_1h_tokens
+            - OLD.cache_write_1h_tokens,
+        reasoning_tokens = reasoning_tokens + NEW.reasoning_tokens - OLD.reasoning_tokens,
+        input_audio_tokens = input_audio_tokens + NEW.input_audio_tokens
+            - OLD.input_audio_tokens,
+        output_audio_tokens = output_audio_tokens + NEW.output_audio_tokens
+            - OLD.output_audio_tokens,
+        cost_usd_whole = cost_usd_whole + NEW.cost_usd_whole - OLD.cost_usd_whole + (CASE
+            WHEN cost_pusd_frac + NEW.cost_pusd_frac - OLD.cost_pusd_frac >= 1000000000000
+                THEN 1
+            WHEN cost_pusd_frac + NEW.cost_pusd_frac - OLD.cost_pusd_frac < 0 THEN -1
+            ELSE 0 END),
+        cost_pusd_frac = cost_pusd_frac + NEW.cost_pusd_frac - OLD.cost_pusd_frac + (CASE
+            WHEN cost_pusd_frac + NEW.cost_pusd_frac - OLD.cost_pusd_frac >= 1000000000000
+                THEN -1000000000000
+            WHEN cost_pusd_frac + NEW.cost_pusd_frac - OLD.cost_pusd_frac < 0
+                THEN 1000000000000
+            ELSE 0 END)
+    WHERE day = substr(NEW.hour, 1, 10) AND framework = NEW.framework
+        AND provider = NEW.provider AND model = NEW.model
+        AND catalog_model = NEW.catalog_model AND agent = NEW.agent
+        AND status = NEW.status AND priced = NEW.priced AND estimated = NEW.estimated;
+END"""
+    )
+    # m003 deletes an hourly row once its calls are 0, its sums with them; a row deleted
+    # by hand takes its sums out of the day.
+    db.execute(
+        """CREATE TRIGGER calls_daily_remove AFTER DELETE ON calls_hourly BEGIN
+    UPDATE calls_daily SET
+        calls = calls - OLD.calls,
+        input_tokens = input_tokens - OLD.input_tokens,
+        output_tokens = output_tokens - OLD.output_tokens,
+        cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+        cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
+        cache_write_1h_tokens = cache_write_1h_tokens - OLD.cache_write_1h_tokens,
+        reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
+        input_audio_tokens = input_audio_tokens - OLD.input_audio_tokens,
+        output_audio_tokens = output_audio_tokens - OLD.output_audio_tokens,
+        cost_usd_whole = cost_usd_whole - OLD.cost_usd_whole
+            - (CASE WHEN cost_pusd_frac < OLD.cost_pusd_frac THEN 1 ELSE 0 END),
+        cost_pusd_frac = cost_pusd_frac - OLD.cost_pusd_frac
+            + (CASE WHEN cost_pusd_frac < OLD.cost_pusd_frac THEN 1000000000000 ELSE 0 END)
+    WHERE day = substr(OLD.hour, 1, 10) AND framework = OLD.framework
+        AND provider = OLD.provider AND model = OLD.model
+        AND catalog_model = OLD.catalog_model AND agent = OLD.agent
+        AND status = OLD.status AND priced = OLD.priced AND estimated = OLD.estimated;
+    DELETE FROM calls_daily WHERE calls = 0 AND day = substr(OLD.hour, 1, 10);
+END"""
+    )
+    # A call with a known window raises its day's peak; the day row may not be there
+    # yet (the hourly trigger may fire after this one), so it is made with no calls and
+    # the hourly trigger adds them.
+    db.execute(
+        """CREATE TRIGGER calls_daily_peak AFTER INSERT ON calls
+    WHEN NEW.context_limit > 0 BEGIN
+    INSERT INTO calls_daily
+    SELECT substr(r.hour, 1, 10), r.framework, r.provider, r.model, r.catalog_model,
+        r.agent, r.status, r.priced, r.estimated, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        CAST(NEW.context_used AS REAL) / NEW.context_limit
+    FROM calls_hourly_rows AS r WHERE r.id = NEW.id
+    ON CONFLICT DO UPDATE SET peak = max(coalesce(peak, excluded.peak), excluded.peak);
+END"""
+    )
+    db.execute(
+        """CREATE TRIGGER calls_daily_peak_gone AFTER DELETE ON calls
+    WHEN OLD.context_limit > 0 BEGIN
+    INSERT OR IGNORE INTO calls_daily_stale VALUES (substr(OLD.ts, 1, 10));
+END"""
+    )
+    db.execute(
+        """CREATE TRIGGER calls_daily_peak_changed AFTER UPDATE ON calls BEGIN
+    INSERT OR IGNORE INTO calls_daily_stale VALUES (substr(OLD.ts, 1, 10));
+    INSERT OR IGNORE INTO calls_daily_stale VALUES (substr(NEW.ts, 1, 10));
+END"""
+    )
+    # Rebuild from the hourly rows, the pico-dollars summed in halves as in m003, and the
+    # peaks from the calls.
+    db.execute(
+        """INSERT INTO calls_daily
+SELECT day, framework, provider, model, catalog_model, agent, status, priced, estimated,
+    calls, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+    cache_write_1h_tokens, reasoning_tokens, input_audio_tokens, output_audio_tokens,
+    whole + (micro + pico / 1000000) / 1000000,
+    ((micro + pico / 1000000) % 1000000) * 1000000 + pico % 1000000, NULL
+FROM (
+    SELECT substr(hour, 1, 10) AS day, framework, provider, model, catalog_model, agent,
+        status, priced, estimated, sum(calls) AS calls, sum(input_tokens) AS input_tokens,
+        sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens,
+        sum(cache_write_tokens) AS cache_write_tokens,
+        sum(cache_write_1h_tokens) AS cache_write_1h_tokens,
+        sum(reasoning_tokens) AS reasoning_tokens,
+        sum(input_audio_tokens) AS input_audio_tokens,
+        sum(output_audio_tokens) AS output_audio_tokens,
+        sum(cost_usd_whole) AS whole, sum(cost_pusd_frac / 1000000) AS micro,
+        sum(cost_pusd_frac % 1000000) AS pico
+    FROM calls_hourly
+    GROUP BY 1, framework, provider, model, catalog_model, agent, status, priced, estimated
+)"""
+    )
+    db.execute(
+        """UPDATE calls_daily SET peak = p.peak
+FROM (
+    SELECT substr(r.hour, 1, 10) AS day, r.framework, r.provider, r.model,
+        r.catalog_model, r.agent, r.status, r.priced, r.estimated,
+        max(CAST(c.context_used AS REAL) / c.context_limit) AS peak
+    FROM calls AS c JOIN calls_hourly_rows AS r ON r.id = c.id
+    WHERE c.context_limit > 0
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+) AS p
+WHERE calls_daily.day = p.day AND calls_daily.framework = p.framework
+    AND calls_daily.provider = p.provider AND calls_daily.model = p.model
+    AND calls_daily.catalog_model = p.catalog_model AND calls_daily.agent = p.agent
+    AND calls_daily.status = p.status AND calls_daily.priced = p.priced
+    AND calls_daily.estimated = p.estimated"""
     )
 
 
@@ -337,7 +528,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m003_rollup_by_triggers,
     m004_billed,
     m005_context_window,
-    m007_session_index,
+    m007_daily_rollup_and_session_index,
 )
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)
 

@@ -138,6 +138,7 @@ class Filters:
     agent: str | None = None
     tag: str | None = None
     where: list[tuple[str, str]] = field(default_factory=list)
+    unpriced: bool = False  # only calls no price layer could price
 
     def sql(self) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -164,6 +165,12 @@ class Filters:
         if self.tag:
             clauses.append("EXISTS (SELECT 1 FROM json_each(calls.tags) WHERE value = ?)")
             params.append(self.tag)
+        if self.unpriced:
+            # As the rollups decide it (calls_hourly_rows): a cost but no `priced` is priced.
+            clauses.append(
+                "coalesce(calls.priced, calls.cost_usd IS NOT NULL "
+                "OR calls.cost_pusd IS NOT NULL) = 0"
+            )
         for key, value in self.where:
             if key == SESSION_ATTR:
                 # Literal, so that the index on it (m007) answers.
@@ -175,7 +182,9 @@ class Filters:
         return (" AND ".join(clauses) or "1"), params
 
     def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {k: v for k, v in self.__dict__.items() if v and k != "where"}
+        data: dict[str, Any] = {
+            k: v for k, v in self.__dict__.items() if v and k not in ("where", "unpriced")
+        }
         if self.where:
             data["where"] = dict(self.where)
         return data
@@ -299,6 +308,7 @@ def _sum_columns(source: str, calls: str) -> str:
 
 _RAW_SUMS = _sum_columns("r", "1")
 _ROLLUP_SUMS = _sum_columns("calls_hourly", "calls_hourly.calls")
+_DAILY_SUMS = _sum_columns("calls_daily", "calls_daily.calls")
 # Groupings the hourly rollup can answer, as expressions over `calls_hourly`.
 ROLLUP_GROUPS = {
     "hour": "hour || ':00'",
@@ -312,6 +322,13 @@ ROLLUP_GROUPS = {
     "agent": "nullif(agent, '')",
     "status": "nullif(status, '')",
     "framework": "nullif(framework, '')",
+}
+# The same, over `calls_daily`, which has no hours.
+DAILY_GROUPS = {
+    **{g: expr for g, expr in ROLLUP_GROUPS.items() if g not in TIME_GROUPS},
+    "day": "day",
+    "week": "strftime('%Y-W%W', day)",
+    "month": "substr(day, 1, 7)",
 }
 Sums = list[int]
 Groups = dict[tuple[Any, ...], Sums]
@@ -368,20 +385,89 @@ def _next_hour(ts: str) -> str:
 def _rollup_groups(
     conn: sqlite3.Connection, groups: Sequence[str], filters: Filters, into: Groups
 ) -> None:
-    """Whole hours from `calls_hourly`; the partial hours at either end from `calls`."""
+    """Whole hours from the rollups; the partial hours at either end from `calls`."""
     since, until = filters.since, filters.until
     first_full = since if since is None or since == _hour_start(since) else _next_hour(since)
     last_full = None if until is None else _hour_start(until)
     if first_full is not None and last_full is not None and first_full >= last_full:
         _raw_groups(conn, groups, filters, into)  # the range is within an hour or two
         return
-    clauses, params = [], []
-    if first_full:
-        clauses.append("hour >= ?")
-        params.append(first_full[:13])
-    if last_full:
-        clauses.append("hour < ?")
-        params.append(last_full[:13])
+    _whole_hours(conn, groups, filters, first_full, last_full, into)
+    if since and first_full and since != first_full:
+        edge = replace(filters, since=since, until=min(first_full, until or first_full))
+        _raw_groups(conn, groups, edge, into)
+    if until and last_full and until != last_full:
+        edge = replace(filters, since=max(last_full, since or last_full), until=until)
+        _raw_groups(conn, groups, edge, into)
+
+
+def _whole_hours(
+    conn: sqlite3.Connection,
+    groups: Sequence[str],
+    filters: Filters,
+    start: str | None,
+    end: str | None,
+    into: Groups,
+) -> None:
+    """The hours from `start` to `end` (hour starts; None: no bound): whole days from
+    `calls_daily`, the hours around them from `calls_hourly`."""
+    if "hour" in groups:
+        _rollup_query(conn, _HOURLY, groups, filters, start, end, into)
+        return
+    first_day = start if start is None or start == _day_start(start) else _next_day(start)
+    last_day = None if end is None else _day_start(end)
+    if first_day is not None and last_day is not None and first_day >= last_day:
+        _rollup_query(conn, _HOURLY, groups, filters, start, end, into)
+        return
+    _rollup_query(conn, _DAILY, groups, filters, first_day, last_day, into)
+    if start != first_day:
+        _rollup_query(conn, _HOURLY, groups, filters, start, first_day, into)
+    if end != last_day:
+        _rollup_query(conn, _HOURLY, groups, filters, last_day, end, into)
+
+
+@dataclass(frozen=True)
+class _Rollup:
+    table: str
+    period: str  # its time column
+    width: int  # characters of a log timestamp that name one period
+    groups: dict[str, str]
+    sums: str
+
+
+_HOURLY = _Rollup("calls_hourly", "hour", 13, ROLLUP_GROUPS, _ROLLUP_SUMS)
+_DAILY = _Rollup("calls_daily", "day", 10, DAILY_GROUPS, _DAILY_SUMS)
+
+
+def _rollup_query(
+    conn: sqlite3.Connection,
+    rollup: _Rollup,
+    groups: Sequence[str],
+    filters: Filters,
+    start: str | None,
+    end: str | None,
+    into: Groups,
+) -> None:
+    where, params = _rollup_where(rollup, filters, start, end)
+    keys = [rollup.groups[g] for g in groups]
+    group_sql = f" GROUP BY {', '.join(str(i + 1) for i in range(len(groups)))}" if groups else ""
+    sql = f"SELECT {', '.join([*keys, rollup.sums])} FROM {rollup.table} WHERE {where}{group_sql}"
+    for row in conn.execute(sql, params):
+        if row[len(groups)]:
+            _add(into, tuple(row[: len(groups)]), row[len(groups) :])
+
+
+def _rollup_where(
+    rollup: _Rollup, filters: Filters, start: str | None, end: str | None
+) -> tuple[str, list[Any]]:
+    """The rows of `rollup` for periods from `start` to `end` that `filters` pick."""
+    clauses, params = ["calls > 0"], []
+    if start:
+        clauses.append(f"{rollup.period} >= ?")
+        params.append(start[: rollup.width])
+    if end:
+        clauses.append(f"{rollup.period} < ?")
+        params.append(end[: rollup.width])
     if filters.model:
         clauses.append(
             "(catalog_model GLOB ? OR substr(catalog_model, instr(catalog_model, '/') + 1) "
@@ -393,21 +479,18 @@ def _rollup_groups(
         if value:
             clauses.append(f"{column} = ?")
             params.append(value)
-    keys = [f"{ROLLUP_GROUPS[g]}" for g in groups]
-    group_sql = f" GROUP BY {', '.join(str(i + 1) for i in range(len(groups)))}" if groups else ""
-    sql = (
-        f"SELECT {', '.join([*keys, _ROLLUP_SUMS])} FROM calls_hourly "
-        f"WHERE {' AND '.join(clauses) or '1'} AND calls > 0{group_sql}"
-    )
-    for row in conn.execute(sql, params):
-        if row[len(groups)]:
-            _add(into, tuple(row[: len(groups)]), row[len(groups) :])
-    if since and first_full and since != first_full:
-        edge = replace(filters, since=since, until=min(first_full, until or first_full))
-        _raw_groups(conn, groups, edge, into)
-    if until and last_full and until != last_full:
-        edge = replace(filters, since=max(last_full, since or last_full), until=until)
-        _raw_groups(conn, groups, edge, into)
+    if filters.unpriced:
+        clauses.append("priced = 0")
+    return " AND ".join(clauses), params
+
+
+def _day_start(ts: str) -> str:
+    return ts[:10] + "T00:00:00.000000Z"
+
+
+def _next_day(ts: str) -> str:
+    day = datetime.strptime(ts[:10], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    return format_ts(day + timedelta(days=1))
 
 
 def aggregate(
@@ -578,12 +661,12 @@ def usage_report(
     totals = _as_row(total)
     unpriced = []
     if totals["unpriced_calls"]:
-        where, params = filters.sql()
-        sql = (
-            "SELECT coalesce(response_model, model) AS model, provider, count(*) AS calls "
-            f"FROM calls WHERE ({where}) AND priced = 0 GROUP BY 1, 2 ORDER BY 3 DESC, 1"
-        )
-        unpriced = list(_query(conn, sql, params))
+        found = aggregate(conn, ["served_model", "provider"], replace(filters, unpriced=True))
+        unpriced = [
+            {"model": model, "provider": provider, "calls": sums[0]}
+            for (model, provider), sums in found.items()
+        ]
+        unpriced.sort(key=lambda item: (-item["calls"], str(item["model"] or "")))
     zone_name = "UTC" if time_zone(tz) is None else str(tz)
     return UsageReport(groups, rows, totals, unpriced, filters.as_dict(), zone_name, breakdown)
 
@@ -783,10 +866,69 @@ def add_peak_utilization(
 ) -> UsageReport:
     """Put `peak_utilization` beside each group and the totals: the largest share of its
     context window any of the group's calls filled (0..1), None when no call of the
-    group has a known window. Read from `calls`: the hourly rollup keeps no maximum."""
+    group has a known window."""
+    peaks = group_peaks(conn, result.group_by, filters)
+    names = [g.removeprefix("attr:") for g in result.group_by]
+    rows = [
+        {**row, "peak_utilization": _share(peaks.get(tuple(row[n] for n in names)))}
+        for row in result.rows
+    ]
+    top = group_peaks(conn, [], filters).get(())
+    return replace(result, rows=rows, totals={**result.totals, "peak_utilization": _share(top)})
+
+
+Peaks = dict[tuple[Any, ...], float | None]
+
+
+def group_peaks(conn: sqlite3.Connection, groups: Sequence[str], filters: Filters) -> Peaks:
+    """The largest context-window share per group key: whole days from `calls_daily`'s
+    peaks (m007), the partial days at either end and the days whose peak a delete or an
+    update made stale from `calls`."""
+    daily = all(g in DAILY_GROUPS for g in groups) and _rollup_usable(groups, filters)
+    since, until = filters.since, filters.until
+    first_day = since if since is None or since == _day_start(since) else _next_day(since)
+    last_day = None if until is None else _day_start(until)
+    if not daily or (first_day and last_day and first_day >= last_day):
+        return _raw_peaks(conn, groups, filters)
+    where, params = _rollup_where(_DAILY, filters, first_day, last_day)
+    keys = [DAILY_GROUPS[g] for g in groups]
+    group_sql = f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
+    sql = (
+        f"SELECT {', '.join([*keys, 'max(peak)'])} FROM calls_daily WHERE {where} "
+        f"AND day NOT IN (SELECT day FROM calls_daily_stale){group_sql}"
+    )
+    peaks: Peaks = {}
+    for row in conn.execute(sql, params):
+        _max_into(peaks, tuple(row[:-1]), row[-1])
+    stale_where, stale_params = ["1"], []
+    if first_day:
+        stale_where.append("day >= ?")
+        stale_params.append(first_day[:10])
+    if last_day:
+        stale_where.append("day < ?")
+        stale_params.append(last_day[:10])
+    stale_sql = f"SELECT day FROM calls_daily_stale WHERE {' AND '.join(stale_where)}"
+    ranges = [(_day_start(day), _next_day(day)) for (day,) in conn.execute(stale_sql, stale_params)]
+    if since and first_day and since != first_day:
+        ranges.append((since, min(first_day, until or first_day)))
+    if until and last_day and until != last_day:
+        ranges.append((max(last_day, since or last_day), until))
+    for start, end in ranges:
+        for key, peak in _raw_peaks(conn, groups, replace(filters, since=start, until=end)).items():
+            _max_into(peaks, key, peak)
+    return peaks
+
+
+def _max_into(peaks: Peaks, key: tuple[Any, ...], peak: float | None) -> None:
+    current = peaks.get(key)
+    if key not in peaks or (peak is not None and (current is None or peak > current)):
+        peaks[key] = peak
+
+
+def _raw_peaks(conn: sqlite3.Connection, groups: Sequence[str], filters: Filters) -> Peaks:
     where, params = filters.sql()
     keys, key_params, joins = [], [], ""
-    for name in result.group_by:
+    for name in groups:
         if name.startswith("attr:"):
             keys.append("json_extract(calls.attrs, ?)")
             key_params.append(attr_path(name[5:]))
@@ -796,14 +938,7 @@ def add_peak_utilization(
                 joins = " LEFT JOIN json_each(calls.tags) AS tag_each"
     group_sql = f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
     sql = f"SELECT {', '.join([*keys, f'max({UTILIZATION})'])} FROM calls{joins} WHERE {where}"
-    peaks = {tuple(row[:-1]): row[-1] for row in conn.execute(sql + group_sql, key_params + params)}
-    names = [g.removeprefix("attr:") for g in result.group_by]
-    rows = [
-        {**row, "peak_utilization": _share(peaks.get(tuple(row[n] for n in names)))}
-        for row in result.rows
-    ]
-    (top,) = conn.execute(f"SELECT max({UTILIZATION}) FROM calls WHERE {where}", params).fetchone()
-    return replace(result, rows=rows, totals={**result.totals, "peak_utilization": _share(top)})
+    return {tuple(row[:-1]): row[-1] for row in conn.execute(sql + group_sql, key_params + params)}
 
 
 def _share(value: float | None) -> float | None:

@@ -167,7 +167,7 @@ class Watcher:
             for sums in aggregate(conn, [], self.filters).values():
                 self.totals.add(*_tally_of(sums))
             recent = replace(self.filters, since=format_ts(now - self.window), until=None)
-            for row in self._rows(conn, recent, "ORDER BY calls.id"):
+            for row in self._rows(conn, recent, "ORDER BY calls.ts"):
                 self._remember(row)
             for row in self._rows(conn, self.filters, f"ORDER BY calls.id DESC LIMIT {self.last}"):
                 self._calls.appendleft(_call_of(row))
@@ -195,9 +195,11 @@ class Watcher:
         return len(rows)
 
     def _rows(self, conn: sqlite3.Connection, filters: Filters, tail: str) -> list[Any]:
+        # Inside the first frame's read transaction: every row it sees is at most
+        # `_last_id`, so the time index can answer the filters.
         where, params = filters.sql()
-        sql = f"{_ROW_SQL} WHERE calls.id <= ? AND {where} {tail}"
-        return conn.execute(sql.replace("NOT INDEXED ", ""), [self._last_id, *params]).fetchall()
+        sql = f"{_ROW_SQL} WHERE {where} {tail}"
+        return conn.execute(sql.replace("NOT INDEXED ", ""), params).fetchall()
 
     def _remember(self, row: Any) -> None:
         moment = datetime.fromisoformat(row[1].replace("Z", "+00:00"))
