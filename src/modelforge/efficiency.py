@@ -11,7 +11,7 @@ today's price table; `cost_usd` is what the log recorded.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -22,7 +22,7 @@ from modelforge.pricing.catalog import CatalogEntry, get_catalog
 from modelforge.pricing.cost import cost_for
 from modelforge.pricing.resolve import get_resolver
 from modelforge.records import price_call
-from modelforge.report import Filters, ReportError, group_expression
+from modelforge.report import Filters, ReportError, aggregate, group_expression
 from modelforge.usage import Usage
 
 EFFICIENCY_SCHEMA = "modelforge.efficiency/1"
@@ -42,42 +42,50 @@ _TOKEN_NAMES = (
 
 @dataclass
 class Tally:
-    """Token and cost sums of one report row."""
+    """The sums behind one report row: counts and cost as logged (from the rollups),
+    savings and repricing from the token columns."""
 
     calls: int = 0
-    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOKEN_NAMES, 0))
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0  # 5-minute and 1-hour writes
+    reasoning_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     unpriced_calls: int = 0
     cache_savings_usd: Decimal = Decimal(0)
     as_model_usd: Decimal = Decimal(0)
     unrepriced_calls: int = 0  # rows whose token columns contradict each other
 
-    def add(self, other: Tally) -> None:
-        self.calls += other.calls
-        for name in _TOKEN_NAMES:
-            self.tokens[name] += other.tokens[name]
-        self.cost_usd += other.cost_usd
-        self.unpriced_calls += other.unpriced_calls
-        self.cache_savings_usd += other.cache_savings_usd
-        self.as_model_usd += other.as_model_usd
-        self.unrepriced_calls += other.unrepriced_calls
+    @classmethod
+    def of(cls, sums: list[int]) -> Tally:
+        """From `report.aggregate`'s sums (calls, input, cache read, cache write, output,
+        reasoning, whole, micro, pico, unpriced…)."""
+        return cls(
+            calls=sums[0],
+            input_tokens=sums[1],
+            cache_read_tokens=sums[2],
+            cache_write_tokens=sums[3],
+            output_tokens=sums[4],
+            reasoning_tokens=sums[5],
+            cost_usd=from_parts(sums[6], sums[7], sums[8]),
+            unpriced_calls=sums[9],
+        )
 
     def as_json(self, as_model: bool) -> dict[str, Any]:
-        t = self.tokens
-        inputs, outputs = t["input_tokens"], t["output_tokens"]
-        cache_writes = t["cache_write_tokens"] + t["cache_write_1h_tokens"]
+        inputs, outputs = self.input_tokens, self.output_tokens
         nothing_priced = self.calls > 0 and self.unpriced_calls == self.calls
         data: dict[str, Any] = {
             "calls": self.calls,
             "input_tokens": inputs,
             "output_tokens": outputs,
-            "cache_read_tokens": t["cache_read_tokens"],
-            "cache_write_tokens": cache_writes,
-            "reasoning_tokens": t["reasoning_tokens"],
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "avg_input_tokens": _ratio(inputs, self.calls, 1),
             "avg_output_tokens": _ratio(outputs, self.calls, 1),
-            "cache_hit_rate": _ratio(t["cache_read_tokens"], inputs, 4),
-            "reasoning_share": _ratio(t["reasoning_tokens"], outputs, 4),
+            "cache_hit_rate": _ratio(self.cache_read_tokens, inputs, 4),
+            "reasoning_share": _ratio(self.reasoning_tokens, outputs, 4),
             "output_input_ratio": _ratio(outputs, inputs, 4),
             "cost_usd": None if nothing_priced else money_text(self.cost_usd),
             "unpriced_calls": self.unpriced_calls,
@@ -148,12 +156,23 @@ def efficiency(
         raise ReportError("--by", f"efficiency groups by {' or '.join(BY_CHOICES)}")
     filters = filters or Filters()
     target = _target(as_model)
-    rows: dict[str | None, Tally] = {}
+    groups = [by] if by else []
+    rows = {
+        key[0] if by else None: Tally.of(sums)
+        for key, sums in aggregate(conn, groups, filters).items()
+    }
+    for name, saved, repriced, unrepriced in _repriced(conn, filters, by, target):
+        tally = rows.setdefault(name, Tally())
+        tally.cache_savings_usd += saved
+        tally.as_model_usd += repriced
+        tally.unrepriced_calls += unrepriced
     totals = Tally()
-    for name, tally in _priced_groups(conn, filters, by, target):
-        rows.setdefault(name, Tally()).add(tally)
-        totals.add(tally)
+    for tally in rows.values():
+        for name in Tally.__dataclass_fields__:
+            setattr(totals, name, getattr(totals, name) + getattr(tally, name))
     ordered = dict(sorted(rows.items(), key=lambda item: (-item[1].cost_usd, str(item[0]))))
+    if not by:
+        ordered = {}
     traces = costliest_traces(conn, filters, top) if top else []
     return Efficiency(
         by, ordered, totals, traces, target.key if target else None, filters.as_dict()
@@ -183,49 +202,48 @@ def _tier_bucket() -> str:
     if not sizes:
         return "0"
     cases = " ".join(
-        f"WHEN r.input_tokens > {size} THEN {n}"
+        f"WHEN calls.input_tokens > {size} THEN {n}"
         for n, size in sorted(enumerate(sorted(sizes), 1), reverse=True)
     )
     return f"CASE {cases} ELSE 0 END"
 
 
-def _priced_groups(
+def _repriced(
     conn: sqlite3.Connection, filters: Filters, by: str | None, target: CatalogEntry | None
-) -> list[tuple[str | None, Tally]]:
+) -> list[tuple[str | None, Decimal, Decimal, int]]:
+    """(group, saved by caching, cost on `target`, calls not repriced) per group of calls
+    that share their prices."""
     where, params = filters.sql()
     group = group_expression(by) if by else "NULL"
-    tokens = ", ".join(f"sum(r.{name})" for name in _TOKEN_NAMES)
+    tokens = ", ".join(f"sum(coalesce(calls.{name}, 0))" for name in _TOKEN_NAMES)
     sql = f"""SELECT {group}, calls.model, calls.response_model, calls.provider,
-    calls.service_tier, coalesce(calls.cache_hit, 0), {_tier_bucket()}, min(r.input_tokens),
-    count(*), {tokens}, sum(r.cost_usd_whole), sum(r.cost_pusd_frac / 1000000),
-    sum(r.cost_pusd_frac % 1000000), sum(CASE WHEN r.priced = 0 THEN 1 ELSE 0 END)
-FROM calls JOIN calls_hourly_rows AS r ON r.id = calls.id
+    calls.service_tier, coalesce(calls.cache_hit, 0), {_tier_bucket()},
+    min(coalesce(calls.input_tokens, 0)), count(*), {tokens},
+    sum(CASE WHEN coalesce(calls.priced, calls.cost_usd IS NOT NULL
+        OR calls.cost_pusd IS NOT NULL) = 0 THEN 1 ELSE 0 END)
+FROM calls
 WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6, 7"""
     result = []
     for row in conn.execute(sql, params):
         name, model, served, provider, tier, cache_hit, _, smallest, calls = row[:9]
         sums = row[9 : 9 + len(_TOKEN_NAMES)]
-        whole, micro, pico, unpriced = row[9 + len(_TOKEN_NAMES) :]
-        tally = Tally(
-            calls=calls,
-            tokens={n: int(v or 0) for n, v in zip(_TOKEN_NAMES, sums)},
-            cost_usd=from_parts(whole, micro, pico),
-            unpriced_calls=unpriced,
-        )
+        unpriced = row[-1]
         try:
-            usage = Usage.model_validate({"service_tier": tier, **tally.tokens})
+            usage = Usage.model_validate(
+                {"service_tier": tier, **{n: int(v) for n, v in zip(_TOKEN_NAMES, sums)}}
+            )
         except ValidationError:
-            tally.unrepriced_calls = calls  # parts larger than their whole: not priceable
-            result.append((name, tally))
+            result.append((name, Decimal(0), Decimal(0), calls))  # parts over their whole
             continue
         size = int(smallest or 0)
+        saved = repriced = Decimal(0)
         if not cache_hit:
             entry = price_call(Usage(), model, served, provider).entry
             if entry is not None and not unpriced:
-                tally.cache_savings_usd = _savings(entry, usage, size)
+                saved = _savings(entry, usage, size)
             if target is not None:
-                tally.as_model_usd = _total(cost_for(target, usage, tier_input_tokens=size))
-        result.append((name, tally))
+                repriced = _total(cost_for(target, usage, tier_input_tokens=size))
+        result.append((name, saved, repriced, 0))
     return result
 
 

@@ -212,6 +212,8 @@ def group_expression(name: str) -> str:
         return COLUMN_GROUPS[name]
     if name == "quarter":
         return _QUARTER
+    if name == "utc_hour":
+        return "substr(calls.ts, 1, 13)"
     raise ReportError("--by", f"unknown grouping {name!r}")
 
 
@@ -317,6 +319,8 @@ ROLLUP_GROUPS = {
     "month": "substr(hour, 1, 7)",
     "model": "coalesce(nullif(catalog_model, ''), nullif(model, ''))",
     "served_model": "nullif(model, '')",
+    # For periods in other time zones: the rollup's own key, so rows come in its order.
+    "utc_hour": "hour",
     "catalog_model": "nullif(catalog_model, '')",
     "provider": "nullif(provider, '')",
     "agent": "nullif(agent, '')",
@@ -325,7 +329,7 @@ ROLLUP_GROUPS = {
 }
 # The same, over `calls_daily`, which has no hours.
 DAILY_GROUPS = {
-    **{g: expr for g, expr in ROLLUP_GROUPS.items() if g not in TIME_GROUPS},
+    **{g: expr for g, expr in ROLLUP_GROUPS.items() if g not in (*TIME_GROUPS, "utc_hour")},
     "day": "day",
     "week": "strftime('%Y-W%W', day)",
     "month": "substr(day, 1, 7)",
@@ -411,7 +415,7 @@ def _whole_hours(
 ) -> None:
     """The hours from `start` to `end` (hour starts; None: no bound): whole days from
     `calls_daily`, the hours around them from `calls_hourly`."""
-    if "hour" in groups:
+    if "hour" in groups or "utc_hour" in groups:
         _rollup_query(conn, _HOURLY, groups, filters, start, end, into)
         return
     first_day = start if start is None or start == _day_start(start) else _next_day(start)
@@ -537,7 +541,7 @@ def _local_groups(
     """
     others = [g for g in groups if g not in TIME_GROUPS]
     periods = [g for g in groups if g in TIME_GROUPS]
-    slots = aggregate(conn, ["hour", *others], filters)
+    slots = aggregate(conn, ["utc_hour", *others], filters)
     cut = {hour for hour in {key[0] for key in slots} if _cut(hour, periods, zone)}
     if cut and "hour" in periods:
         slots = {}
@@ -545,7 +549,7 @@ def _local_groups(
     elif cut:
         slots = {key: sums for key, sums in slots.items() if key[0] not in cut}
         for hour in sorted(cut):
-            start = hour + ":00.000000Z"
+            start = format_ts(_utc(hour))
             end = format_ts(_utc(hour) + timedelta(hours=1))
             since = max(start, filters.since or start)
             until = min(end, filters.until or end)
@@ -572,7 +576,9 @@ def _cut(hour: str, periods: Sequence[str], zone: tzinfo) -> bool:
 
 
 def _utc(slot: str) -> datetime:
-    return datetime.strptime(slot, "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc)
+    """A UTC hour (`2026-11-01T09`) or quarter hour (`2026-11-01T09:45`) as a datetime."""
+    text = slot + ":00" if len(slot) == 13 else slot
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc)
 
 
 def _as_row(sums: Sums) -> dict[str, Any]:
