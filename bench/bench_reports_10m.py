@@ -72,7 +72,7 @@ REPORTS: list[tuple[str, list[str], list[str] | None]] = [
     ("usage forecast", ["usage", "forecast"], None),
     ("usage forecast --by model", ["usage", "forecast", "--by", "model"], None),
     ("usage forecast --by agent", ["usage", "forecast", "--by", "agent"], None),
-    ("usage efficiency (last 30 days)", ["usage", "efficiency"], None),
+    ("usage efficiency (last 7 days)", ["usage", "efficiency"], None),
     ("usage efficiency --by model", ["usage", "efficiency", "--by", "model"], None),
     ("usage efficiency --by agent", ["usage", "efficiency", "--by", "agent"], None),
     ("usage watch --once", ["usage", "watch", "--once"], None),

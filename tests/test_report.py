@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from modelforge import CallRecord, Usage, price, report, store
+from modelforge.records import format_ts
 from modelforge.report import Filters, ReportError, usage_report
 from modelforge.store import UsageLog, open_db
 
@@ -290,3 +291,42 @@ def test_peak_context_from_the_daily_rollup_matches_the_rows(tmp_path: Path) -> 
     writer.close()
     conn = open_db(tmp_path / "peaks.db", create=False)
     assert both(["model"], Filters())[("openai/gpt-4o",)] == 0.5
+
+
+@pytest.mark.parametrize(
+    "zone",
+    ["Europe/Paris", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Pacific/Kiritimati"],
+)
+@pytest.mark.parametrize("groups", [["day"], ["week", "model"], ["month"], ["hour"]])
+def test_local_periods_equal_each_call_counted_in_its_own_time(
+    tmp_path_factory: pytest.TempPathFactory, zone: str, groups: list[str]
+) -> None:
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    path = tmp_path_factory.getbasetemp() / "dst.db"
+    if not path.exists():
+        # A call every 37 minutes across both 2026 DST changes (EU Oct 25, US Nov 1).
+        start = datetime(2026, 10, 23, 0, 7, tzinfo=timezone.utc)
+        _log(
+            path,
+            [
+                (format_ts(start + timedelta(minutes=37 * n)), ("gpt-4o", "gpt-4o-mini")[n % 2])
+                for n in range(500)
+            ],
+        )
+    conn = open_db(path, create=False)
+    since = "2026-10-23T05:20:00.000000Z"  # an edge inside an hour, too
+    got = report.aggregate(conn, groups, Filters(since=since), tz=zone)
+    expected: dict[tuple[object, ...], list[int]] = {}
+    rows = conn.execute(
+        f"SELECT calls.ts, {report.group_expression('model')} FROM calls WHERE ts >= ?", [since]
+    )
+    for ts, model in rows:
+        local = datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(ZoneInfo(zone))
+        key = tuple(
+            model if g == "model" else local.strftime(report.TIME_FORMATS[g]) for g in groups
+        )
+        expected.setdefault(key, [0])[0] += 1
+    assert {k: v[0] for k, v in got.items() if v[0]} == {k: v[0] for k, v in expected.items()}
+    conn.close()

@@ -884,7 +884,7 @@ def usage_efficiency(
     """How the calls use their tokens: averages per call, cache hit rate, dollars
     saved by prompt caching, reasoning share, output/input ratio, costliest traces.
 
-    Covers the last 30 days unless --since says otherwise. --as-model reprices the
+    Covers the last 7 days unless --since says otherwise. --as-model reprices the
     same token counts, exactly, on another model.
 
     \b

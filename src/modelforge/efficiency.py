@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from modelforge.money import from_parts, money_text
-from modelforge.pricing.catalog import CatalogEntry, get_catalog
+from modelforge.pricing.catalog import CatalogEntry
 from modelforge.pricing.cost import cost_for
 from modelforge.pricing.resolve import get_resolver
 from modelforge.records import price_call
@@ -27,7 +27,7 @@ from modelforge.usage import Usage
 
 EFFICIENCY_SCHEMA = "modelforge.efficiency/1"
 BY_CHOICES = ("model", "agent")
-DEFAULT_SINCE = "30d"
+DEFAULT_SINCE = "7d"
 _TOKEN_NAMES = (
     "input_tokens",
     "output_tokens",
@@ -191,14 +191,20 @@ def _target(as_model: str | None) -> CatalogEntry | None:
     return entry
 
 
-def _tier_bucket() -> str:
-    """SQL numbering the long-context tiers a prompt size falls in, over every tier size
-    in the catalog, so calls in one bucket share their tier on any model."""
+def _tier_sizes(entries: list[CatalogEntry | None]) -> set[int]:
+    """Every prompt size at which one of `entries` changes to a long-context tier."""
     sizes: set[int] = set()
-    for entry in get_catalog():
-        sizes.update(t.size for t in entry.tiers)
-        for tiers in entry.mode_tiers.values():
-            sizes.update(t.size for t in tiers)
+    for entry in entries:
+        if entry is not None:
+            sizes.update(t.size for t in entry.tiers)
+            for tiers in entry.mode_tiers.values():
+                sizes.update(t.size for t in tiers)
+    return sizes
+
+
+def _tier_bucket(sizes: set[int]) -> str:
+    """SQL numbering the long-context tiers a prompt size falls in, so calls in one
+    bucket share their tier on every model whose sizes are among `sizes`."""
     if not sizes:
         return "0"
     cases = " ".join(
@@ -208,22 +214,48 @@ def _tier_bucket() -> str:
     return f"CASE {cases} ELSE 0 END"
 
 
+Repriced = list[tuple[str | None, Decimal, Decimal, int]]
+
+
 def _repriced(
     conn: sqlite3.Connection, filters: Filters, by: str | None, target: CatalogEntry | None
-) -> list[tuple[str | None, Decimal, Decimal, int]]:
+) -> Repriced:
     """(group, saved by caching, cost on `target`, calls not repriced) per group of calls
-    that share their prices."""
+    that share their prices.
+
+    The groups are cut at the tier sizes of the catalog models the rollup says the
+    calls were priced as; a call that resolves to another model today may bring other
+    sizes, and then the groups are cut again with those too.
+    """
+    resolver = get_resolver()
+    logged = aggregate(conn, ["catalog_model"], filters)
+    sizes = _tier_sizes([target, *(resolver.resolve(key[0]) for key in logged if key[0])])
+    while True:
+        result, seen = _repriced_at(conn, filters, by, target, sizes)
+        if seen <= sizes:
+            return result
+        sizes |= seen
+
+
+def _repriced_at(
+    conn: sqlite3.Connection,
+    filters: Filters,
+    by: str | None,
+    target: CatalogEntry | None,
+    sizes: set[int],
+) -> tuple[Repriced, set[int]]:
     where, params = filters.sql()
     group = group_expression(by) if by else "NULL"
     tokens = ", ".join(f"sum(coalesce(calls.{name}, 0))" for name in _TOKEN_NAMES)
     sql = f"""SELECT {group}, calls.model, calls.response_model, calls.provider,
-    calls.service_tier, coalesce(calls.cache_hit, 0), {_tier_bucket()},
+    calls.service_tier, coalesce(calls.cache_hit, 0), {_tier_bucket(sizes)},
     min(coalesce(calls.input_tokens, 0)), count(*), {tokens},
     sum(CASE WHEN coalesce(calls.priced, calls.cost_usd IS NOT NULL
         OR calls.cost_pusd IS NOT NULL) = 0 THEN 1 ELSE 0 END)
 FROM calls
 WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6, 7"""
-    result = []
+    result: Repriced = []
+    seen: set[int] = set()
     for row in conn.execute(sql, params):
         name, model, served, provider, tier, cache_hit, _, smallest, calls = row[:9]
         sums = row[9 : 9 + len(_TOKEN_NAMES)]
@@ -239,12 +271,13 @@ WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6, 7"""
         saved = repriced = Decimal(0)
         if not cache_hit:
             entry = price_call(Usage(), model, served, provider).entry
+            seen |= _tier_sizes([entry])
             if entry is not None and not unpriced:
                 saved = _savings(entry, usage, size)
             if target is not None:
                 repriced = _total(cost_for(target, usage, tier_input_tokens=size))
         result.append((name, saved, repriced, 0))
-    return result
+    return result, seen
 
 
 def _savings(entry: CatalogEntry, usage: Usage, size: int) -> Decimal:

@@ -139,6 +139,7 @@ class Filters:
     tag: str | None = None
     where: list[tuple[str, str]] = field(default_factory=list)
     unpriced: bool = False  # only calls no price layer could price
+    hours: tuple[str, ...] = ()  # only these hours of the (UTC) day, "00" to "23"
 
     def sql(self) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -165,6 +166,9 @@ class Filters:
         if self.tag:
             clauses.append("EXISTS (SELECT 1 FROM json_each(calls.tags) WHERE value = ?)")
             params.append(self.tag)
+        if self.hours:
+            clauses.append(f"substr(calls.ts, 12, 2) IN ({', '.join('?' * len(self.hours))})")
+            params += list(self.hours)
         if self.unpriced:
             # As the rollups decide it (calls_hourly_rows): a cost but no `priced` is priced.
             clauses.append(
@@ -183,7 +187,7 @@ class Filters:
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            k: v for k, v in self.__dict__.items() if v and k not in ("where", "unpriced")
+            k: v for k, v in self.__dict__.items() if v and k not in ("where", "unpriced", "hours")
         }
         if self.where:
             data["where"] = dict(self.where)
@@ -415,7 +419,7 @@ def _whole_hours(
 ) -> None:
     """The hours from `start` to `end` (hour starts; None: no bound): whole days from
     `calls_daily`, the hours around them from `calls_hourly`."""
-    if "hour" in groups or "utc_hour" in groups:
+    if "hour" in groups or "utc_hour" in groups or filters.hours:
         _rollup_query(conn, _HOURLY, groups, filters, start, end, into)
         return
     first_day = start if start is None or start == _day_start(start) else _next_day(start)
@@ -485,6 +489,9 @@ def _rollup_where(
             params.append(value)
     if filters.unpriced:
         clauses.append("priced = 0")
+    if filters.hours:
+        clauses.append(f"substr(hour, 12, 2) IN ({', '.join('?' * len(filters.hours))})")
+        params += list(filters.hours)
     return " AND ".join(clauses), params
 
 
@@ -533,39 +540,119 @@ def time_zone(name: str | None) -> tzinfo | None:
 def _local_groups(
     conn: sqlite3.Connection, groups: Sequence[str], filters: Filters, zone: tzinfo
 ) -> Groups:
-    """Periods in `zone`: sums per UTC hour (from the rollup) moved to local periods.
+    """Periods in `zone`, from the UTC rollups.
 
-    A UTC hour that a local period boundary cuts in two (local midnight falls at :30 in
-    India, at :45 in Nepal) is split from its calls, by quarter hour. With `--by hour`
-    in such a zone every hour is cut, so all of it comes from the calls.
+    Days, weeks and months start from UTC days: each UTC day's sums go to the local
+    period most of it falls in, and the few hours of it that belong elsewhere (the last
+    hour of each UTC day in Paris) are read from the hourly rollup and moved. A UTC
+    hour that a local period boundary cuts in two (local midnight falls at :30 in
+    India, at :45 in Nepal) is split from its calls, by quarter hour. Hours are read
+    from the hourly rollup, or from the calls in such zones.
     """
     others = [g for g in groups if g not in TIME_GROUPS]
     periods = [g for g in groups if g in TIME_GROUPS]
-    slots = aggregate(conn, ["utc_hour", *others], filters)
-    cut = {hour for hour in {key[0] for key in slots} if _cut(hour, periods, zone)}
-    if cut and "hour" in periods:
-        slots = {}
-        _raw_groups(conn, ["quarter", *others], filters, slots)
-    elif cut:
-        slots = {key: sums for key, sums in slots.items() if key[0] not in cut}
-        for hour in sorted(cut):
-            start = format_ts(_utc(hour))
-            end = format_ts(_utc(hour) + timedelta(hours=1))
-            since = max(start, filters.since or start)
-            until = min(end, filters.until or end)
-            _raw_groups(
-                conn, ["quarter", *others], replace(filters, since=since, until=until), slots
-            )
-    local: dict[str, dict[str, str]] = {}  # UTC slot -> its local period per grouping
-    result: Groups = {}
-    for key, sums in slots.items():
-        names = local.get(key[0])
-        if names is None:
-            moment = _utc(key[0]).astimezone(zone)
-            names = local[key[0]] = {g: moment.strftime(TIME_FORMATS[g]) for g in periods}
-        rest = iter(key[1:])
-        _add(result, tuple(names[g] if g in TIME_GROUPS else next(rest) for g in groups), sums)
+    names = _LocalNames(zone, periods)
+    if "hour" in periods:
+        slots = aggregate(conn, ["utc_hour", *others], filters)
+        if any(names.cut(key[0]) for key in slots):
+            slots = {}
+            _raw_groups(conn, ["quarter", *others], filters, slots)
+        result: Groups = {}
+        for key, sums in slots.items():
+            _add(result, names.key(key[0], key[1:], groups), sums)
+        return result
+    days = aggregate(conn, ["day", *others], filters)
+    home = {day: names.of(day + "T12") for day in {key[0] for key in days}}
+    moved = {
+        f"{day}T{h:02d}"
+        for day, local in home.items()
+        for h in range(24)
+        if names.cut(f"{day}T{h:02d}") or names.of(f"{day}T{h:02d}") != local
+    }
+    result = {}
+    if moved:
+        hours = tuple(sorted({hour[11:13] for hour in moved}))
+        found = aggregate(conn, ["utc_hour", *others], replace(filters, hours=hours))
+        cut: dict[str, Groups] = {}  # a cut UTC hour -> its sums per other groups
+        for key, sums in found.items():
+            hour = key[0]
+            if hour not in moved:
+                continue
+            _add(days, (hour[:10], *key[1:]), [-v for v in sums])  # not the day's, after all
+            if names.cut(hour):
+                _add(cut.setdefault(hour, {}), key[1:], sums)
+            else:
+                _add(result, names.key(hour, key[1:], groups), sums)
+        for hour, whole in cut.items():
+            _split(conn, hour, whole, others, groups, filters, names, result)
+    for key, sums in days.items():
+        if any(sums):
+            _add(result, names.key(key[0] + "T12", key[1:], groups, home[key[0]]), sums)
     return result
+
+
+def _split(
+    conn: sqlite3.Connection,
+    hour: str,
+    whole: Groups,
+    others: Sequence[str],
+    groups: Sequence[str],
+    filters: Filters,
+    names: _LocalNames,
+    into: Groups,
+) -> None:
+    """A UTC hour cut by a local period boundary: the calls of its shorter side are read
+    from `calls`, and the rest of the hour's sums (`whole`) go to the other side."""
+    start = _utc(hour)
+    minute = next(m for m in (15, 30, 45) if names.of(f"{hour}:{m}") != names.of(hour))
+    boundary = start + timedelta(minutes=minute)
+    if minute <= 30:
+        side, since, until, other = f"{hour}:00", start, boundary, f"{hour}:{minute}"
+    else:
+        side, since, until, other = f"{hour}:{minute}", boundary, start + timedelta(hours=1), hour
+    part: Groups = {}
+    bounded = replace(
+        filters,
+        since=max(format_ts(since), filters.since or ""),
+        until=min(format_ts(until), filters.until or format_ts(until)),
+    )
+    _raw_groups(conn, others, bounded, part)
+    for key, sums in whole.items():
+        mine = part.get(key, [0] * len(sums))
+        _add(into, names.key(side, key, groups), mine)
+        _add(into, names.key(other, key, groups), [a - b for a, b in zip(sums, mine)])
+
+
+class _LocalNames:
+    """The local period names (day, week…) of UTC hours and quarter hours in a zone."""
+
+    def __init__(self, zone: tzinfo, periods: Sequence[str]) -> None:
+        self.zone = zone
+        self.periods = periods
+        self._names: dict[str, dict[str, str]] = {}
+
+    def of(self, slot: str) -> dict[str, str]:
+        found = self._names.get(slot)
+        if found is None:
+            moment = _utc(slot).astimezone(self.zone)
+            found = self._names[slot] = {g: moment.strftime(TIME_FORMATS[g]) for g in self.periods}
+        return found
+
+    def cut(self, hour: str) -> bool:
+        """Whether the UTC hour `hour` falls in two local periods."""
+        return _cut(hour, self.periods, self.zone)
+
+    def key(
+        self,
+        slot: str,
+        rest: tuple[Any, ...],
+        groups: Sequence[str],
+        names: dict[str, str] | None = None,
+    ) -> tuple[Any, ...]:
+        """The report key of `slot` with the other groups' values `rest`."""
+        names = names or self.of(slot)
+        others = iter(rest)
+        return tuple(names[g] if g in TIME_GROUPS else next(others) for g in groups)
 
 
 def _cut(hour: str, periods: Sequence[str], zone: tzinfo) -> bool:
@@ -577,8 +664,7 @@ def _cut(hour: str, periods: Sequence[str], zone: tzinfo) -> bool:
 
 def _utc(slot: str) -> datetime:
     """A UTC hour (`2026-11-01T09`) or quarter hour (`2026-11-01T09:45`) as a datetime."""
-    text = slot + ":00" if len(slot) == 13 else slot
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(slot).replace(tzinfo=timezone.utc)
 
 
 def _as_row(sums: Sums) -> dict[str, Any]:
