@@ -300,13 +300,17 @@ def costliest_traces(conn: sqlite3.Connection, filters: Filters, top: int) -> li
     """The `top` traces (a call with no trace is its own) by recorded cost."""
     where, params = filters.sql()
     model = group_expression("model")
-    sql = f"""SELECT coalesce(calls.trace_id, calls.run_id), count(*), sum(r.cost_usd_whole),
-    sum(r.cost_pusd_frac / 1000000), sum(r.cost_pusd_frac % 1000000),
-    sum(CASE WHEN r.priced = 0 THEN 1 ELSE 0 END), min(calls.ts), group_concat(DISTINCT {model})
-FROM calls JOIN calls_hourly_rows AS r ON r.id = calls.id
+    # `calls_costed` (m003) is `calls` with each cost split into whole dollars and
+    # pico-dollars; read under the name `calls`, the filters apply to it as they are.
+    sql = f"""SELECT coalesce(calls.trace_id, calls.run_id), count(*), sum(calls.cost_usd_whole),
+    sum(calls.cost_pusd_frac / 1000000), sum(calls.cost_pusd_frac % 1000000),
+    sum(CASE WHEN coalesce(calls.priced, calls.cost_usd IS NOT NULL
+        OR calls.cost_pusd IS NOT NULL) = 0 THEN 1 ELSE 0 END),
+    min(calls.ts), group_concat(DISTINCT {model})
+FROM calls_costed AS calls
 WHERE {where}
 GROUP BY 1
-ORDER BY sum(r.cost_usd_whole) + sum(r.cost_pusd_frac / 1e12) DESC, 1
+ORDER BY sum(calls.cost_usd_whole) + sum(calls.cost_pusd_frac / 1e12) DESC, 1
 LIMIT ?"""
     traces = []
     for trace, calls, whole, micro, pico, unpriced, first, models in conn.execute(
