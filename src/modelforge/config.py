@@ -65,6 +65,7 @@ class Settings:
     retention_days: int | None = None
     metadata_keys: tuple[str, ...] = DEFAULT_METADATA_KEYS
     azure_deployments: dict[str, str] = field(default_factory=dict)
+    budgets: tuple[Any, ...] = ()  # `modelforge.budgets.Budget`s, from [[budget]] tables
 
 
 _SETTING_TYPES: dict[str, str] = {
@@ -108,7 +109,44 @@ def parse_settings(raw: dict[str, Any], where: str) -> Settings:
         retention_days=retention,
         metadata_keys=tuple(keys),
         azure_deployments={k.lower(): v for k, v in deployments.items()},
+        budgets=parse_budgets(raw.get("budget"), where),
     )
+
+
+# --- budgets ([[budget]] tables) ----------------------------------------------------------
+
+
+def parse_budgets(tables: Any, where: str) -> tuple[Any, ...]:
+    """The `[[budget]]` tables as `Budget`s; errors name the file, the table and why."""
+    from modelforge.budgets import Budget
+    from modelforge.errors import BudgetError
+
+    if tables is None:
+        return ()
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{where}: budget", "must be [[budget]] tables")
+    budgets, names = [], set()
+    for n, table in enumerate(tables):
+        label = f"{where}: budget {table.get('name', n + 1)!r}"
+        try:
+            budget = Budget.from_table(table)
+        except BudgetError as exc:
+            raise ConfigError(label, str(exc)) from None
+        if budget.name in names:
+            raise ConfigError(label, "another [[budget]] has this name")
+        names.add(budget.name)
+        budgets.append(budget)
+    return tuple(budgets)
+
+
+def saved_budget_tables() -> list[dict[str, Any]]:
+    """The `[[budget]]` tables as config.toml has them now (none if there is no file)."""
+    path = config_path()
+    if not path.exists():
+        return []
+    with path.open("rb") as fh:
+        tables = tomllib.load(fh).get("budget", [])
+    return [t for t in tables if isinstance(t, dict)] if isinstance(tables, list) else []
 
 
 _cache_lock = threading.Lock()
@@ -195,8 +233,11 @@ def _dump_toml(raw: dict[str, Any]) -> str:
             if isinstance(value, dict):
                 tables.append((f"{prefix}{key}", value))
 
+    def table_array(value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
     for key, value in raw.items():
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) and not table_array(value):
             lines.append(emit(key, value))
     walk("", raw)
     while tables:
@@ -204,6 +245,11 @@ def _dump_toml(raw: dict[str, Any]) -> str:
         lines.append(f"\n[{name}]")
         lines.extend(emit(k, v) for k, v in table.items() if not isinstance(v, dict))
         walk(f"{name}.", table)
+    for key, value in raw.items():
+        if table_array(value):  # [[budget]]: each table's own tables are written inline
+            for table in value:
+                lines.append(f"\n[[{key}]]")
+                lines.extend(emit(k, v) for k, v in table.items())
     return "\n".join(lines) + "\n"
 
 
@@ -214,6 +260,9 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        pairs = (f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
     return json.dumps(str(value))
 
 

@@ -311,12 +311,31 @@ def m004_billed(db: sqlite3.Connection) -> None:
     )
 
 
+def m005_alerts(db: sqlite3.Connection) -> None:
+    """Budget alerts that have fired: one row per budget, period and threshold, so each
+    fires once even when several processes share the log (the first INSERT wins)."""
+    db.execute(
+        """CREATE TABLE "alerts" (
+   "budget" TEXT NOT NULL,
+   "period_start" TEXT NOT NULL,
+   "threshold" TEXT NOT NULL,
+   "fired_at" TEXT NOT NULL,
+   "spent_usd" TEXT,
+   "spent_tokens" INTEGER,
+   "limit_usd" TEXT,
+   "limit_tokens" INTEGER,
+   PRIMARY KEY ("budget", "period_start", "threshold")
+) WITHOUT ROWID"""
+    )
+
+
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: tuple[Migration, ...] = (
     m001_create_calls,
     m002_hourly_rollup,
     m003_rollup_by_triggers,
     m004_billed,
+    m005_alerts,
 )
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelforge import config
+from modelforge import budgets, config
 from modelforge.records import CallRecord, clean_attrs
 from modelforge.session import current_sessions
 
@@ -58,12 +58,15 @@ def deliver(
         count_anomalies(len(record.usage.anomalies))
     for session in stack:
         session.add(record)
-    if persist and all(s.persist for s in stack) and config.telemetry_status().enabled:
+    if db is None:
+        db = next((s.db for s in reversed(stack) if s.db), None)
+    persisted = persist and all(s.persist for s in stack) and config.telemetry_status().enabled
+    # Before the log may have it, so no budget counts it twice or not at all.
+    budgets.note(record, db=db, persisted=persisted, budgets=budgets.applicable((), stack))
+    if persisted:
         # Imported here: the store pulls in sqlite-utils, which `import modelforge` skips.
         from modelforge.store import get_log
 
-        if db is None:
-            db = next((s.db for s in reversed(stack) if s.db), None)
         get_log(db).submit(record)  # None: the default log, as configured now
     if _sinks and _first_time(record.run_id):
         for sink in list(_sinks):

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelforge.records import CallRecord, clean_attrs
 from modelforge.usage import Usage
+
+if TYPE_CHECKING:
+    from modelforge.budgets import Budget
 
 _sessions: ContextVar[tuple[UsageSession, ...]] = ContextVar("modelforge_sessions", default=())
 
@@ -39,11 +42,17 @@ class UsageSession:
     """What `track_usage()` yields: the calls made inside the block, with totals."""
 
     def __init__(
-        self, attrs: dict[str, Any], *, persist: bool = True, db: Path | str | None = None
+        self,
+        attrs: dict[str, Any],
+        *,
+        persist: bool = True,
+        db: Path | str | None = None,
+        budgets: Sequence[Budget] = (),
     ) -> None:
         self.attrs = clean_attrs(attrs)
         self.persist = persist
         self.db = db
+        self.budgets = tuple(budgets)
         self.calls: list[CallRecord] = []
         self._run_ids: set[str] = set()
         self._lock = threading.Lock()
@@ -133,8 +142,9 @@ class track_usage:
     """Record every LLM call made inside the block, in LangChain or LlamaIndex.
 
     Keyword arguments become attributes on every record (`project="x"`), except:
-    `persist` (False keeps records in memory only), `db` (the log file) and
-    `llamaindex` (True also turns on LlamaIndex instrumentation).
+    `persist` (False keeps records in memory only), `db` (the log file),
+    `llamaindex` (True also turns on LlamaIndex instrumentation) and `budgets`
+    (`Budget`s checked before every call in the block; see docs/budgets.md).
 
     >>> from modelforge import track_usage
     >>> with track_usage(project="docs") as session:
@@ -149,9 +159,10 @@ class track_usage:
         persist: bool = True,
         db: Path | str | None = None,
         llamaindex: bool = False,
+        budgets: Sequence[Budget] = (),
         **attrs: Any,
     ) -> None:
-        self.session = UsageSession(attrs, persist=persist, db=db)
+        self.session = UsageSession(attrs, persist=persist, db=db, budgets=budgets)
         self._llamaindex = llamaindex
         self._token: Token[tuple[UsageSession, ...]] | None = None
         self._undo: list[Callable[[], None]] = []

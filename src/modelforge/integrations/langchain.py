@@ -30,11 +30,12 @@ try:
 except ModuleNotFoundError as exc:
     raise missing_extra(exc, "langchain") from exc
 
-from modelforge import config, recorder
+from modelforge import budgets, config, recorder
+from modelforge.budgets import Budget, CallFacts
 from modelforge.estimate import estimate_usage, text_of
 from modelforge.providers import provider_of_class
 from modelforge.records import CallRecord, clean_attrs, clean_tags, elapsed_ms, price_call, utc_now
-from modelforge.session import UsageSession
+from modelforge.session import UsageSession, current_sessions
 from modelforge.usage import Usage, extract_usage, from_langchain, recorded_tier
 
 __all__ = ["UsageCallbackHandler"]
@@ -65,15 +66,17 @@ class UsageCallbackHandler(BaseCallbackHandler):
 
     Pass it as a callback (`config={"callbacks": [handler]}` or `callbacks=[handler]`
     on the model); it works for sync and async calls, streams, batches, chains,
-    agents and LangGraph graphs. It never raises into your code.
+    agents and LangGraph graphs. It never raises into your code, but for one error on
+    purpose: `BudgetExceededError`, before the request is sent, from a `block` budget
+    (its own, its sessions' or config.toml's) that has been reached.
 
     Args:
         persist: False keeps records out of the SQLite log (sessions still see them).
         db: the log file; default `MODELFORGE_DB` or the user data dir.
         metadata_keys: run-metadata keys copied into each record's attributes.
+        budgets: `Budget`s checked at the start of every call (docs/budgets.md).
     """
 
-    raise_error = False
     run_inline = True  # our work is tiny; running inline avoids an executor hop
 
     def __init__(
@@ -83,10 +86,13 @@ class UsageCallbackHandler(BaseCallbackHandler):
         db: Path | str | None = None,
         metadata_keys: Sequence[str] | None = None,
         sessions: Iterable[UsageSession] = (),
+        budgets: Iterable[Budget] = (),
     ) -> None:
         super().__init__()
         self.persist = persist
         self.db = db
+        self.budgets = tuple(budgets)
+        self._raise_error: bool | None = None
         self.metadata_keys = tuple(
             metadata_keys if metadata_keys is not None else config.load_settings().metadata_keys
         )
@@ -109,6 +115,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        self._check_budgets(serialized, messages, tags, metadata, kwargs)
         try:
             self._start(run_id, parent_run_id, serialized, messages, tags, metadata, kwargs, "chat")
         except Exception as exc:
@@ -125,6 +132,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        self._check_budgets(serialized, prompts, tags, metadata, kwargs)
         try:
             self._start(
                 run_id, parent_run_id, serialized, prompts, tags, metadata, kwargs, "completion"
@@ -217,16 +225,9 @@ class UsageCallbackHandler(BaseCallbackHandler):
         operation: str,
     ) -> None:
         metadata = metadata or {}
-        params = kwargs.get("invocation_params") or {}
-        model = (
-            metadata.get("ls_model_name")
-            or params.get("model")
-            or params.get("model_name")
-            or params.get("model_id")
-            or params.get("deployment_name")
-        )
+        model = _requested_model(metadata, kwargs)
         provider = metadata.get("ls_provider") or _provider_from_class(serialized)
-        agent = metadata.get("langgraph_node") or metadata.get("agent")
+        agent = _agent(metadata)
         picked = {k: metadata[k] for k in self.metadata_keys if k in metadata}
         name = kwargs.get("name")
         started, ts = time.perf_counter(), utc_now()
@@ -309,6 +310,74 @@ class UsageCallbackHandler(BaseCallbackHandler):
     def _failed(self, where: str, exc: BaseException) -> None:
         self.errors += 1
         recorder.report_error(f"UsageCallbackHandler.{where}", exc)
+
+    # --- budgets -------------------------------------------------------------------
+
+    @property
+    def raise_error(self) -> bool:
+        """True while a block or throttle budget applies, so that LangChain lets its
+        `BudgetExceededError` through (it reads this only when a callback raised); every
+        other error is swallowed inside the handler."""
+        if self._raise_error is not None:
+            return self._raise_error
+        return any(b.action != "warn" for b in budgets.applicable(self.budgets, self.sessions))
+
+    @raise_error.setter
+    def raise_error(self, value: bool) -> None:
+        self._raise_error = value
+
+    def _check_budgets(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: Any,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """The start-of-call budget check: raises `BudgetExceededError` before the
+        request is sent; anything else going wrong here is swallowed."""
+        try:
+            chosen = budgets.applicable(self.budgets, self.sessions)
+            if not chosen:
+                return
+            metadata = metadata or {}
+            model = _requested_model(metadata, kwargs)
+            sessions = (*self.sessions, *current_sessions())
+            picked = {k: metadata[k] for k in self.metadata_keys if k in metadata}
+            agent = _agent(metadata)
+            call = CallFacts(
+                model=str(model) if model else None,
+                provider=metadata.get("ls_provider") or _provider_from_class(serialized),
+                agent=str(agent)[:256] if agent else None,
+                tags=clean_tags(tags),
+                attrs=clean_attrs(*(s.attrs for s in sessions), picked),
+            )
+            params = kwargs.get("invocation_params") or {}
+            limit = params.get("max_tokens") or params.get("max_completion_tokens")
+            prompt = prompts[0] if isinstance(prompts, list) and prompts else None
+
+            def estimate() -> Any:
+                return budgets.estimate_call(call.model, prompt, limit)
+
+        except Exception as exc:
+            self._failed("budget check", exc)
+            return
+        budgets.check(chosen, call, db=self.db, sessions=sessions, estimate=estimate)
+
+
+def _requested_model(metadata: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    params = kwargs.get("invocation_params") or {}
+    return (
+        metadata.get("ls_model_name")
+        or params.get("model")
+        or params.get("model_name")
+        or params.get("model_id")
+        or params.get("deployment_name")
+    )
+
+
+def _agent(metadata: dict[str, Any]) -> Any:
+    return metadata.get("langgraph_node") or metadata.get("agent")
 
 
 def _provider_from_class(serialized: dict[str, Any] | None) -> str | None:

@@ -54,14 +54,19 @@ try:
 except ModuleNotFoundError as exc:
     raise missing_extra(exc, "llamaindex") from exc
 
+from modelforge import budgets
+from modelforge.budgets import Budget, CallFacts
 from modelforge.integrations.llamaindex_calls import (
     MAX_OPEN_CALLS,
     CallRecorder,
     SpanParents,
     forget_oldest,
     forget_spans,
+    provider_of,
+    requested_model,
 )
-from modelforge.session import UsageSession
+from modelforge.records import clean_attrs
+from modelforge.session import UsageSession, current_sessions
 
 __all__ = [
     "LlamaIndexCallbackHandler",
@@ -204,6 +209,12 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
     has been consumed or closed. Use it or `instrument()`, not both: an LLM call seen by
     both is still stored once (both give it its span's run id), but an embedding would
     be stored twice.
+
+    It is also where budgets stop a LlamaIndex call: at the LLM start event, before the
+    request is sent, a reached `block` budget (its own `budgets`, those of the open
+    `track_usage()` blocks, or config.toml's) raises `BudgetExceededError`.
+    LlamaIndex's instrumentation dispatcher swallows every error an event handler
+    raises, so `instrument()` alone cannot block a call.
     """
 
     def __init__(
@@ -213,9 +224,11 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
         db: Path | str | None = None,
         metadata_keys: Sequence[str] | None = None,
         sessions: Iterable[UsageSession] = (),
+        budgets: Iterable[Budget] = (),
     ) -> None:
         super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
         self._recorder = CallRecorder(persist, db, metadata_keys, sessions)
+        self.budgets = tuple(budgets)
         self._keys: dict[str, str] = {}
         _use_span_parents(self)
 
@@ -232,6 +245,8 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
         parent_id: str = "",
         **kwargs: Any,
     ) -> str:
+        if event_type == CBEventType.LLM:
+            self._check_budgets(payload or {})
         try:
             if event_type == CBEventType.LLM:
                 self._llm_start(payload or {}, event_id)
@@ -287,6 +302,33 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
             operation, prompt = "completion", payload.get(EventPayload.PROMPT)
         model_dict = payload.get(EventPayload.SERIALIZED)
         self._recorder.calls.start(key, key, span_id, operation, model_dict, prompt, None)
+
+    def _check_budgets(self, payload: Mapping[str, Any]) -> None:
+        """The start-of-call budget check: raises `BudgetExceededError` before the
+        request is sent (the callback manager lets it through); anything else going
+        wrong here is swallowed."""
+        try:
+            sessions = (*self._recorder.sessions, *current_sessions())
+            chosen = budgets.applicable(self.budgets, sessions)
+            if not chosen:
+                return
+            model_dict = payload.get(EventPayload.SERIALIZED)
+            call = CallFacts(
+                model=requested_model(model_dict),
+                provider=provider_of(model_dict),
+                attrs=clean_attrs(*(s.attrs for s in sessions)),
+            )
+            prompt = payload.get(EventPayload.MESSAGES, payload.get(EventPayload.PROMPT))
+            limit = model_dict.get("max_tokens") if isinstance(model_dict, dict) else None
+
+            def estimate() -> Any:
+                return budgets.estimate_call(call.model, prompt, limit)
+
+        except Exception as exc:
+            self._recorder.failed("LlamaIndexCallbackHandler.budget check", exc)
+            return
+        db = self._recorder.db
+        budgets.check(chosen, call, db=db, sessions=sessions, estimate=estimate)
 
     def start_trace(self, trace_id: str | None = None) -> None:
         """Traces carry nothing to record."""

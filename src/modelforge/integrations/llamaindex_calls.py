@@ -267,7 +267,8 @@ def _model_name(value: Any) -> str | None:
     return None
 
 
-def _requested_model(model_dict: Any) -> str | None:
+def requested_model(model_dict: Any) -> str | None:
+    """The model a LlamaIndex LLM or embedding class was configured with."""
     if not isinstance(model_dict, dict):
         return None
     return _model_name(model_dict.get("model_name")) or _model_name(model_dict.get("model"))
@@ -316,7 +317,7 @@ def build_record(
     """Turn a finished call (its response, model dict and timings) into a priced record."""
     ended = time.perf_counter()
     provider = provider_of(call.model_dict)
-    model = _requested_model(call.model_dict)
+    model = requested_model(call.model_dict)
     usage: Usage | None = None
     served: str | None = None
     anomalies: tuple[str, ...] = ()
