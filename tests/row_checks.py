@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from decimal import Decimal
 from typing import Any
 
@@ -53,3 +54,10 @@ def assert_anthropic_cache_costs(row: dict[str, Any]) -> None:
     assert row["cost_usd"] == "0.00177"
     assert row["cost_pusd"] == 1_770_000_000
     assert_row_consistent(row)
+
+
+def row_for_table(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
+    """The part of a current `record_row` that an older log's `calls` table has columns
+    for: a row as the model-forge of that schema would have written it."""
+    columns = {name for _, name, *_ in conn.execute("PRAGMA table_info(calls)")}
+    return {key: value for key, value in row.items() if key in columns}

@@ -11,6 +11,7 @@ import sqlite_utils
 
 from modelforge import CallRecord, Usage, migrations, price, report, store
 from modelforge.store import open_db
+from row_checks import row_for_table
 
 _SCHEMA = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
 
@@ -75,7 +76,9 @@ def test_m003_rebuilds_the_rollup_of_an_m002_log_from_its_rows(tmp_path: Path) -
     path = tmp_path / "usage.db"
     conn = _fresh(path, stop_after="m002_hourly_rollup")
     rows = [
-        store.record_row(_record(f"r{i}", f"2026-11-0{1 + i % 2}T10:00:00.000000Z"))
+        row_for_table(
+            conn, store.record_row(_record(f"r{i}", f"2026-11-0{1 + i % 2}T10:00:00.000000Z"))
+        )
         for i in range(10)
     ]
     columns = list(rows[0])

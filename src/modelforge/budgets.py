@@ -1235,7 +1235,7 @@ def save_budget(budget: Budget) -> Path:
     """Add `budget` to config.toml, replacing one of the same name; returns the file."""
     tables = [t for t in config.saved_budget_tables() if t.get("name") != budget.name]
     tables.append(budget.as_table())
-    return config.save_setting("budget", tables)
+    return config.save_budget_tables(tables)
 
 
 def remove_budget(name: str) -> Path:
@@ -1244,7 +1244,7 @@ def remove_budget(name: str) -> Path:
     kept = [t for t in tables if t.get("name") != name]
     if len(kept) == len(tables):
         raise BudgetError(f"no budget named {name!r} in {config.config_path()}")
-    return config.save_setting("budget", kept or None)
+    return config.save_budget_tables(kept)
 
 
 def _after_fork_in_child() -> None:

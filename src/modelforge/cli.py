@@ -6,19 +6,20 @@ Exit codes: 0 success, 2 bad usage (unknown --by, malformed date, missing --db f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
-import io
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
 from modelforge import __version__, config
+from modelforge.cli_types import NON_EMPTY, SQL_INT_MAX, TIME, TOKENS, OutputPath
 from modelforge.errors import ConfigError, ModelForgeError, UnknownModelError, UsageLogError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,7 +33,9 @@ def _console(stderr: bool = False) -> Any:
     # Piped output gets no ANSI codes (rich detects it); NO_COLOR is honoured by rich.
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 200
-    return Console(file=stream, width=width, highlight=False)
+    # markup=False: table cells hold model names and tags as providers sent them, and a
+    # model called "[/]" must print as that, not fail as a closing tag.
+    return Console(file=stream, width=width, highlight=False, markup=False)
 
 
 def handle_errors(fn: F) -> F:
@@ -66,12 +69,16 @@ def db_option(fn: F) -> F:
 
 def filter_options(fn: F) -> F:
     options = [
-        click.option("--since", help="Only calls since: 7d, 24h, 30m, 2026-11-01 or ISO time."),
-        click.option("--until", help="Only calls before this time (same forms as --since)."),
-        click.option("--model", "model_glob", help="Model glob, e.g. 'gpt-4o*'."),
-        click.option("--provider", help="Provider, e.g. openai."),
-        click.option("--agent", help="Agent (LangGraph node or `agent` metadata)."),
-        click.option("--tag", help="Only calls carrying this tag."),
+        click.option(
+            "--since", type=TIME, help="Only calls since: 7d, 24h, 30m, 2026-11-01 or ISO time."
+        ),
+        click.option(
+            "--until", type=TIME, help="Only calls before this time (same forms as --since)."
+        ),
+        click.option("--model", "model_glob", type=NON_EMPTY, help="Model glob, e.g. 'gpt-4o*'."),
+        click.option("--provider", type=NON_EMPTY, help="Provider, e.g. openai."),
+        click.option("--agent", type=NON_EMPTY, help="Agent (LangGraph node or `agent` metadata)."),
+        click.option("--tag", type=NON_EMPTY, help="Only calls carrying this tag."),
         click.option(
             "--where",
             "where",
@@ -86,27 +93,39 @@ def filter_options(fn: F) -> F:
 
 
 def output_options(fn: F) -> F:
+    """Add --format/--json/--csv; the command gets one `fmt`, checked before it runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, fmt: str | None, as_json: bool, as_csv: bool, **kwargs: Any) -> Any:
+        return fn(*args, fmt=_pick_format(fmt, as_json, as_csv), **kwargs)
+
     options = [
         click.option(
             "--format",
             "fmt",
             type=click.Choice(FORMATS),
-            default="table",
-            show_default=True,
+            show_default="table",
             help="Output format.",
         ),
         click.option("--json", "as_json", is_flag=True, help="Same as --format json."),
         click.option("--csv", "as_csv", is_flag=True, help="Same as --format csv."),
     ]
+    command: Any = wrapper
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        command = option(command)
+    return command  # type: ignore[no-any-return]
 
 
-def _pick_format(fmt: str, as_json: bool, as_csv: bool) -> str:
-    if as_json and as_csv:
-        raise click.UsageError("--json and --csv cannot be used together")
-    return "json" if as_json else "csv" if as_csv else fmt
+def _pick_format(fmt: str | None, as_json: bool, as_csv: bool) -> str:
+    """The one format asked for; two different ones are bad usage, whatever their order."""
+    asked = {f"--format {fmt}": fmt} if fmt else {}
+    if as_json:
+        asked["--json"] = "json"
+    if as_csv:
+        asked["--csv"] = "csv"
+    if len(set(asked.values())) > 1:
+        raise click.UsageError(f"{' and '.join(asked)} ask for different formats; give one")
+    return next(iter(asked.values()), "table")
 
 
 def _filters(
@@ -118,11 +137,12 @@ def _filters(
     tag: str | None,
     where: Sequence[str],
 ) -> Any:
-    from modelforge.report import Filters, parse_when, parse_where
+    from modelforge.report import Filters, parse_where
 
+    # --since and --until arrive as log timestamps: their option type parsed them.
     return Filters(
-        since=parse_when(since, "--since") if since else None,
-        until=parse_when(until, "--until") if until else None,
+        since=since,
+        until=until,
         model=model_glob,
         provider=provider,
         agent=agent,
@@ -199,9 +219,7 @@ def main() -> None:
     "day's computed cost; implies --by day.",
 )
 @click.option(
-    "--png",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the cost chart to a PNG file (needs matplotlib).",
+    "--png", type=OutputPath(), help="Write the cost chart to a PNG file (needs matplotlib)."
 )
 @db_option
 @click.pass_context
@@ -217,8 +235,6 @@ def usage(
     where: tuple[str, ...],
     group_by: tuple[str, ...],
     fmt: str,
-    as_json: bool,
-    as_csv: bool,
     chart: bool,
     billed: bool,
     png: Path | None,
@@ -240,7 +256,6 @@ def usage(
         return
     from modelforge import report
 
-    fmt = _pick_format(fmt, as_json, as_csv)
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
     group_by = group_by or (("day",) if billed else ())
     groups = report.check_groups(group_by)
@@ -254,6 +269,8 @@ def usage(
     result = report.usage_report(conn, group_by, filters)
     if billed:
         result = report.add_billed(conn, result, filters)
+    if "model" in groups:
+        result = report.add_peak_utilization(conn, result, filters)
     _print_report(result, fmt)
     _print_staleness()
     if chart or png:
@@ -280,11 +297,13 @@ _REPORT_COLUMNS = (
     ("unpriced_calls", "Unpriced"),
 )
 _BILLED_COLUMN = (("billed_usd", "Billed (USD)"),)
+_PEAK_COLUMN = (("peak_utilization", "Peak context"),)
 
 
 def _print_report(result: Any, fmt: str) -> None:
     keys = [g.removeprefix("attr:") for g in result.group_by]
     columns = _REPORT_COLUMNS + (_BILLED_COLUMN if "billed_usd" in result.totals else ())
+    columns += _PEAK_COLUMN if "peak_utilization" in result.totals else ()
     if fmt == "json":
         click.echo(json.dumps(result.as_json(), indent=2))
         return
@@ -337,6 +356,8 @@ def _display(column: str, value: Any) -> str:
         return _money(value)
     if column == "cache_hit_rate":
         return f"{value:.1%}"
+    if column == "peak_utilization":
+        return "—" if value is None else f"{value:.1%}"
     if isinstance(value, int):
         return f"{value:,}"
     return _cell(value)
@@ -376,13 +397,32 @@ def _write_png(points: list[tuple[str, Decimal]], period: str, path: Path) -> No
     ax.set_title(f"Cost per {period}")
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        # PNG whatever the name ends in: `--png chart.out` is still what was asked for.
+        fig.savefig(path, format="png")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
 
 
 @usage.command("calls")
 @filter_options
-@click.option("-n", "--count", default=20, show_default=True, help="How many calls to show.")
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(1, SQL_INT_MAX),
+    default=20,
+    show_default=True,
+    help="How many calls to show.",
+)
+@click.option(
+    "--over",
+    type=click.FloatRange(0, 1),
+    metavar="SHARE",
+    help="Only calls whose input filled more than this share of the model's context "
+    "window, e.g. 0.8.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @db_option
 @handle_errors
@@ -395,6 +435,7 @@ def usage_calls(
     tag: str | None,
     where: tuple[str, ...],
     count: int,
+    over: float | None,
     as_json: bool,
     db: Path | None,
 ) -> None:
@@ -404,14 +445,13 @@ def usage_calls(
     Examples:
       modelforge usage calls -n 5
       modelforge usage calls --model 'claude*' --json
+      modelforge usage calls --over 0.8      # calls above 80% of their context window
     """
     from modelforge import report
 
-    if count < 1:
-        raise click.UsageError("-n/--count must be at least 1")
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
     conn = _open_log(db)
-    rows = report.recent_calls(conn, count, filters) if conn is not None else []
+    rows = report.recent_calls(conn, count, filters, over) if conn is not None else []
     if as_json:
         for row in rows:
             row["tags"] = json.loads(row["tags"]) if row["tags"] else []
@@ -421,13 +461,14 @@ def usage_calls(
     from rich.table import Table
 
     table = Table()
-    for title in ("Time (UTC)", "Model", "Provider", "Input", "Cached", "Output", "Cost", "Status"):
-        table.add_column(
-            title, justify="right" if title in ("Input", "Cached", "Output", "Cost") else "left"
-        )
+    numbers = ("Input", "Cached", "Output", "Context", "Cost")
+    for title in ("Time (UTC)", "Model", "Provider", *numbers, "Status"):
+        table.add_column(title, justify="right" if title in numbers else "left")
     for row in rows:
         cost = _money(Decimal(row["cost_usd"])) if row["cost_usd"] else "unpriced"
         status = row["status"] + (" (est.)" if row["estimated"] else "")
+        limit, used = row["context_limit"], row["context_used"]
+        context = f"{used / limit:.1%}" if limit and used is not None else "—"
         table.add_row(
             row["ts"][:19].replace("T", " "),
             row["response_model"] or row["model"] or "?",
@@ -435,6 +476,7 @@ def usage_calls(
             f"{row['input_tokens']:,}",
             f"{row['cache_read_tokens']:,}",
             f"{row['output_tokens']:,}",
+            context,
             cost,
             status,
         )
@@ -446,9 +488,7 @@ def usage_calls(
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
 )
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File (default stdout)."
-)
+@click.option("-o", "--output", type=OutputPath(), help="File (default stdout).")
 @db_option
 @handle_errors
 def usage_export(
@@ -477,15 +517,24 @@ def usage_export(
     if conn is None:
         return
     names, rows = report.export_rows(conn, filters)
-    stream: Any = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
-    try:
+    if output is None:
+        _write_rows(sys.stdout, fmt, names, rows)
+        return
+    with _writing(output) as stream:
         _write_rows(stream, fmt, names, rows)
-    finally:
-        if output:
-            stream.close()
 
 
-def _write_rows(stream: io.TextIOBase, fmt: str, names: list[str], rows: Iterable[Any]) -> None:
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[TextIO]:
+    """Open `path` for text output; a failure to open or write it is an `Error:` line."""
+    try:
+        with path.open("w", newline="", encoding="utf-8") as stream:
+            yield stream
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_rows(stream: TextIO, fmt: str, names: list[str], rows: Iterable[Any]) -> None:
     if fmt == "csv":
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(names)
@@ -648,7 +697,7 @@ def prices_list(provider: str | None, search: str | None, as_json: bool) -> None
 
 
 @prices.command("update")
-@click.option("--url", help="Catalog URL (default: models.dev's api.json).")
+@click.option("--url", type=NON_EMPTY, help="Catalog URL (default: models.dev's api.json).")
 @handle_errors
 def prices_update(url: str | None) -> None:
     """Fetch the current models.dev prices into the user cache dir.
@@ -675,35 +724,31 @@ def prices_update(url: str | None) -> None:
 @click.option(
     "--input",
     "input_tokens",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     required=True,
     help="Input tokens (all of them).",
 )
 @click.option(
     "--output",
     "output_tokens",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     required=True,
     help="Output tokens (all of them).",
 )
-@click.option(
-    "--cached", type=click.IntRange(min=0), default=0, help="Of the input, read from cache."
-)
+@click.option("--cached", type=TOKENS, default=0, help="Of the input, read from cache.")
 @click.option(
     "--cache-write",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     default=0,
     help="Of the input, written to a 5-minute cache.",
 )
 @click.option(
     "--cache-write-1h",
-    type=click.IntRange(min=0),
+    type=TOKENS,
     default=0,
     help="Of the input, written to a 1-hour cache.",
 )
-@click.option(
-    "--reasoning", type=click.IntRange(min=0), default=0, help="Of the output, reasoning."
-)
+@click.option("--reasoning", type=TOKENS, default=0, help="Of the output, reasoning.")
 @click.option("--provider", help="Provider hint.")
 @click.option("--service-tier", help="Service tier, e.g. flex, priority or batch.")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
@@ -880,7 +925,7 @@ def telemetry() -> None:
 @handle_errors
 def telemetry_on() -> None:
     """Record calls into the usage log (the default)."""
-    path = config.save_setting("telemetry", True)
+    path = _save_switch(True)
     click.echo(f"Telemetry on (saved in {path}).")
     _warn_env_override()
 
@@ -888,10 +933,25 @@ def telemetry_on() -> None:
 @telemetry.command("off")
 @handle_errors
 def telemetry_off() -> None:
-    """Stop recording: no log file is written or created."""
-    path = config.save_setting("telemetry", False)
+    """Stop recording: no log file is written or created.
+
+    Only the `telemetry` line of config.toml changes. A config file that cannot be
+    read is left as it is (nothing is recorded while it is broken) and this says so.
+    """
+    path = _save_switch(False)
     click.echo(f"Telemetry off (saved in {path}). track_usage() totals still work in memory.")
     _warn_env_override()
+
+
+def _save_switch(on: bool) -> Path:
+    try:
+        return config.save_setting("telemetry", on)
+    except ConfigError as exc:
+        raise click.ClickException(
+            f"{exc}. The file was left unchanged; while it cannot be read nothing is "
+            f"recorded. Fix or remove it and run this again, or set MODELFORGE_TELEMETRY="
+            f"{int(on)} in your environment, which decides whatever the file says."
+        ) from None
 
 
 def _warn_env_override() -> None:
@@ -907,9 +967,13 @@ def telemetry_status() -> None:
     from modelforge import report
     from modelforge.store import open_db
 
-    config.load_settings(strict=True)
+    settings = config.load_settings(warn=False)  # its problems are printed below
     status = config.telemetry_status()
     click.echo(f"Recording: {'on' if status.enabled else 'off'} ({status.reason})")
+    if settings.unreadable:
+        click.echo(f"Config:    {config.config_path()} cannot be read: {settings.unreadable}")
+    for line in config.describe_problems(settings).values():
+        click.echo(f"Config:    {line}")
     path = config.default_db_path()
     click.echo(f"Log file:  {path}")
     if not path.exists():

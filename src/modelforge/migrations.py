@@ -311,6 +311,16 @@ def m004_billed(db: sqlite3.Connection) -> None:
     )
 
 
+def m005_context_window(db: sqlite3.Connection) -> None:
+    """Each call's context window and how much of it the call's input used.
+
+    `context_limit` is the window of the model that priced the call (NULL when unknown,
+    never 0); `context_used` is the call's input tokens.
+    """
+    db.execute('ALTER TABLE "calls" ADD COLUMN "context_limit" INTEGER')
+    db.execute('ALTER TABLE "calls" ADD COLUMN "context_used" INTEGER')
+
+
 def m005_alerts(db: sqlite3.Connection) -> None:
     """Budget alerts that have fired: one row per budget, period and threshold, so each
     fires once even when several processes share the log (the first INSERT wins)."""
@@ -335,6 +345,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m002_hourly_rollup,
     m003_rollup_by_triggers,
     m004_billed,
+    m005_context_window,
     m005_alerts,
 )
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)

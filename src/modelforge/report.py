@@ -51,33 +51,65 @@ class ReportError(ModelForgeError, ValueError):
 
     def __init__(self, option: str, message: str) -> None:
         self.option = option
+        self.detail = message
         super().__init__(f"{option}: {message}")
 
 
 def parse_when(text: str, option: str = "--since", now: datetime | None = None) -> str:
-    """`7d`, `24h`, `30m`, `2w`, `2026-11-01` or an ISO timestamp → UTC log timestamp."""
+    """`7d`, `24h`, `30m`, `2w`, `2026-11-01` or an ISO timestamp → UTC log timestamp.
+
+    Raises `ReportError` for text it cannot read and for times outside the years 1 to
+    9999 once in UTC (`--since 1000000d`, `9999-12-31T23:59:59-05:00`).
+    """
     value = text.strip()
     now = now or datetime.now(timezone.utc)
     match = _RELATIVE.match(value.lower())
     if match:
-        delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        return format_ts(now - delta)
+        return _cutoff(now, _age(match, text, option), text, option)
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ReportError(
-            option, f"cannot read {text!r} as a time; use 7d, 24h, 2026-11-01 or an ISO timestamp"
+            option,
+            f"cannot read {_shown(text)} as a time; use 7d, 24h, 2026-11-01 or an ISO timestamp",
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return format_ts(moment)
+    try:
+        return format_ts(moment)
+    except OverflowError:  # the shift to UTC left the years 1 to 9999
+        raise ReportError(option, f"{_shown(text)} is {_OUT_OF_RANGE}") from None
 
 
 def parse_age(text: str, option: str = "--older-than") -> timedelta:
+    """`90d`, `12h`, `30m`, `4w` → a timedelta that reaches no further back than year 1."""
     match = _RELATIVE.match(text.strip().lower())
     if not match:
-        raise ReportError(option, f"cannot read {text!r} as an age; use e.g. 90d, 12h or 4w")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        raise ReportError(option, f"cannot read {_shown(text)} as an age; use e.g. 90d, 12h or 4w")
+    age = _age(match, text, option)
+    _cutoff(datetime.now(timezone.utc), age, text, option)
+    return age
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}… ({len(text)} characters)"
+
+
+_OUT_OF_RANGE = "out of range: times must fall in the years 1 to 9999 (UTC)"
+
+
+def _age(match: re.Match[str], text: str, option: str) -> timedelta:
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except (OverflowError, ValueError):  # past timedelta's 999,999,999 days, or int's digits
+        raise ReportError(option, f"{_shown(text)} is {_OUT_OF_RANGE}") from None
+
+
+def _cutoff(now: datetime, age: timedelta, text: str, option: str) -> str:
+    try:
+        return format_ts(now - age)
+    except OverflowError:
+        raise ReportError(option, f"{_shown(text)} is {_OUT_OF_RANGE}") from None
 
 
 @dataclass
@@ -412,6 +444,10 @@ def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Iterato
         yield dict(zip(names, values))
 
 
+# A call's input as a share of its context window; NULL where the window is unknown.
+UTILIZATION = "CAST(calls.context_used AS REAL) / nullif(calls.context_limit, 0)"
+
+
 CALL_COLUMNS = (
     "ts",
     "run_id",
@@ -437,14 +473,23 @@ CALL_COLUMNS = (
     "agent",
     "tags",
     "attrs",
+    "context_limit",
+    "context_used",
 )
 
 
 def recent_calls(
-    conn: sqlite3.Connection, limit: int = 20, filters: Filters | None = None
+    conn: sqlite3.Connection,
+    limit: int = 20,
+    filters: Filters | None = None,
+    over: float | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest calls first, like `llm logs`."""
+    """The newest calls first, like `llm logs`; with `over`, only calls whose input
+    filled more than that share of their model's context window."""
     where, params = (filters or Filters()).sql()
+    if over is not None:
+        where = f"({where}) AND calls.context_limit > 0 AND {UTILIZATION} > ?"
+        params.append(over)
     sql = (
         f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE {where} ORDER BY ts DESC, id DESC "
         "LIMIT ?"
@@ -551,3 +596,38 @@ def _trimmed(amount: Decimal) -> Decimal:
     """The same amount without trailing zeros (billing APIs send '0.00460000000000000')."""
     normal = amount.normalize()
     return normal if int(normal.as_tuple().exponent) < 0 else amount.quantize(Decimal(1))
+
+
+# --- context-window utilisation (`usage --by model`) ------------------------------------
+
+
+def add_peak_utilization(
+    conn: sqlite3.Connection, result: UsageReport, filters: Filters
+) -> UsageReport:
+    """Put `peak_utilization` beside each group and the totals: the largest share of its
+    context window any of the group's calls filled (0..1), None when no call of the
+    group has a known window. Read from `calls`: the hourly rollup keeps no maximum."""
+    where, params = filters.sql()
+    keys, key_params, joins = [], [], ""
+    for name in result.group_by:
+        if name.startswith("attr:"):
+            keys.append("json_extract(calls.attrs, ?)")
+            key_params.append(attr_path(name[5:]))
+        else:
+            keys.append(group_expression(name))
+            if name == "tag":
+                joins = " LEFT JOIN json_each(calls.tags) AS tag_each"
+    group_sql = f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
+    sql = f"SELECT {', '.join([*keys, f'max({UTILIZATION})'])} FROM calls{joins} WHERE {where}"
+    peaks = {tuple(row[:-1]): row[-1] for row in conn.execute(sql + group_sql, key_params + params)}
+    names = [g.removeprefix("attr:") for g in result.group_by]
+    rows = [
+        {**row, "peak_utilization": _share(peaks.get(tuple(row[n] for n in names)))}
+        for row in result.rows
+    ]
+    (top,) = conn.execute(f"SELECT max({UTILIZATION}) FROM calls WHERE {where}", params).fetchone()
+    return replace(result, rows=rows, totals={**result.totals, "peak_utilization": _share(top)})
+
+
+def _share(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

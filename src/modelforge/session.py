@@ -30,6 +30,11 @@ def current_sessions() -> tuple[UsageSession, ...]:
     return _sessions.get()
 
 
+def guarding(sessions: tuple[UsageSession, ...]) -> bool:
+    """Whether any of `sessions` asked for the context-window guard."""
+    return any(s.guard_context for s in sessions)
+
+
 @dataclass(frozen=True)
 class ModelTotals:
     calls: int
@@ -47,11 +52,13 @@ class UsageSession:
         *,
         persist: bool = True,
         db: Path | str | None = None,
+        guard_context: bool = False,
         budgets: Sequence[Budget] = (),
     ) -> None:
         self.attrs = clean_attrs(attrs)
         self.persist = persist
         self.db = db
+        self.guard_context = guard_context
         self.budgets = tuple(budgets)
         self.calls: list[CallRecord] = []
         self._run_ids: set[str] = set()
@@ -143,8 +150,11 @@ class track_usage:
 
     Keyword arguments become attributes on every record (`project="x"`), except:
     `persist` (False keeps records in memory only), `db` (the log file),
-    `llamaindex` (True also turns on LlamaIndex instrumentation) and `budgets`
-    (`Budget`s checked before every call in the block; see docs/budgets.md).
+    `llamaindex` (True also turns on LlamaIndex instrumentation), `guard_context`
+    (True raises `ContextWindowExceededError` before sending a LangChain call, or a
+    LlamaIndex call that a `LlamaIndexCallbackHandler` sees, whose prompt cannot fit
+    the model's context window) and `budgets` (`Budget`s checked before every call in
+    the block, see docs/budgets.md).
 
     >>> from modelforge import track_usage
     >>> with track_usage(project="docs") as session:
@@ -159,10 +169,13 @@ class track_usage:
         persist: bool = True,
         db: Path | str | None = None,
         llamaindex: bool = False,
+        guard_context: bool = False,
         budgets: Sequence[Budget] = (),
         **attrs: Any,
     ) -> None:
-        self.session = UsageSession(attrs, persist=persist, db=db, budgets=budgets)
+        self.session = UsageSession(
+            attrs, persist=persist, db=db, guard_context=guard_context, budgets=budgets
+        )
         self._llamaindex = llamaindex
         self._token: Token[tuple[UsageSession, ...]] | None = None
         self._undo: list[Callable[[], None]] = []

@@ -112,6 +112,8 @@ def record_row(record: CallRecord) -> dict[str, Any]:
         "tags": json.dumps(list(record.tags), ensure_ascii=False) if record.tags else None,
         "attrs": json.dumps(record.attrs, ensure_ascii=False) if record.attrs else None,
         "anomalies": json.dumps(list(usage.anomalies)) if usage.anomalies else None,
+        "context_limit": record.context_limit,
+        "context_used": record.context_used,
     }
 
 
@@ -119,19 +121,24 @@ def insert_rows(conn: sqlite3.Connection, rows: Iterable[Mapping[str, Any]]) -> 
     """Insert `calls` rows in one transaction; returns how many were new.
 
     Only a repeated run_id is skipped: any other refusal raises, and nothing is written.
-    The hourly rollup is kept by the table's triggers.
+    Rows may name different columns (a side file saved by an older version): each set
+    of columns gets its own INSERT. The hourly rollup is kept by the table's triggers.
     """
-    rows = list(rows)
-    if not rows:
+    by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_columns.setdefault(tuple(row), []).append(row)
+    if not by_columns:
         return 0
-    columns = list(rows[0])
-    sql = (
-        f"INSERT INTO calls ({', '.join(columns)}) "
-        f"VALUES ({', '.join(':' + c for c in columns)}) ON CONFLICT (run_id) DO NOTHING"
-    )
+    inserted = 0
     conn.execute("BEGIN IMMEDIATE")
     try:
-        inserted = conn.executemany(sql, rows).rowcount
+        for columns, group in by_columns.items():
+            sql = (
+                f"INSERT INTO calls ({', '.join(columns)}) "
+                f"VALUES ({', '.join(':' + c for c in columns)}) "
+                "ON CONFLICT (run_id) DO NOTHING"
+            )
+            inserted += conn.executemany(sql, group).rowcount
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

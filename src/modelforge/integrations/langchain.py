@@ -32,13 +32,19 @@ except ModuleNotFoundError as exc:
 
 from modelforge import budgets, config, recorder
 from modelforge.budgets import Budget, CallFacts
-from modelforge.estimate import estimate_usage, text_of
+from modelforge.context_guard import guard_call, max_output_tokens
+from modelforge.errors import ContextWindowExceededError
+from modelforge.estimate import HeldPrompt, text_of
 from modelforge.providers import provider_of_class
 from modelforge.records import CallRecord, clean_attrs, clean_tags, elapsed_ms, price_call, utc_now
-from modelforge.session import UsageSession, current_sessions
+from modelforge.session import UsageSession, current_sessions, guarding
 from modelforge.usage import Usage, extract_usage, from_langchain, recorded_tier
 
 __all__ = ["UsageCallbackHandler"]
+
+ABANDON_AFTER = 600.0
+# Open runs (and chain or tool runs) past this many: the oldest are abandoned early.
+MAX_OPEN_RUNS = 100_000
 
 
 @dataclass(slots=True)
@@ -55,9 +61,7 @@ class _Run:
     tags: tuple[str, ...]
     attrs: dict[str, str]
     operation: str
-    # Held only until the run ends, and only to estimate tokens when the provider
-    # reports none; never stored.
-    prompts: Any = None
+    prompt: HeldPrompt
     first_token: float | None = None
 
 
@@ -66,14 +70,21 @@ class UsageCallbackHandler(BaseCallbackHandler):
 
     Pass it as a callback (`config={"callbacks": [handler]}` or `callbacks=[handler]`
     on the model); it works for sync and async calls, streams, batches, chains,
-    agents and LangGraph graphs. It never raises into your code, but for one error on
-    purpose: `BudgetExceededError`, before the request is sent, from a `block` budget
-    (its own, its sessions' or config.toml's) that has been reached.
+    agents and LangGraph graphs. It never raises into your code, except on purpose,
+    before a request is sent: with `guard_context=True`, and with
+    `BudgetExceededError` from a `block` budget (its own, its sessions' or
+    config.toml's) that has been reached.
 
     Args:
         persist: False keeps records out of the SQLite log (sessions still see them).
         db: the log file; default `MODELFORGE_DB` or the user data dir.
         metadata_keys: run-metadata keys copied into each record's attributes.
+        abandon_after: seconds after which a run that never ended (a cancelled or
+            timed-out `ainvoke` sends no end event) is recorded with status
+            `abandoned`, its input estimated, and forgotten. Default 10 minutes.
+        guard_context: True raises `ContextWindowExceededError` before a request is
+            sent when its prompt, plus the output it asks for (`max_tokens`), does not
+            fit the model's context window.
         budgets: `Budget`s checked at the start of every call (docs/budgets.md).
     """
 
@@ -86,13 +97,16 @@ class UsageCallbackHandler(BaseCallbackHandler):
         db: Path | str | None = None,
         metadata_keys: Sequence[str] | None = None,
         sessions: Iterable[UsageSession] = (),
+        abandon_after: float = ABANDON_AFTER,
+        guard_context: bool = False,
         budgets: Iterable[Budget] = (),
     ) -> None:
         super().__init__()
-        self.persist = persist
-        self.db = db
+        self.guard_context = guard_context
         self.budgets = tuple(budgets)
-        self._raise_error: bool | None = None
+        self.persist = persist
+        self.abandon_after = abandon_after
+        self.db = db
         self.metadata_keys = tuple(
             metadata_keys if metadata_keys is not None else config.load_settings().metadata_keys
         )
@@ -115,6 +129,8 @@ class UsageCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if self.guard_context:
+            self._guard_context(serialized, messages, metadata, kwargs)
         self._check_budgets(serialized, messages, tags, metadata, kwargs)
         try:
             self._start(run_id, parent_run_id, serialized, messages, tags, metadata, kwargs, "chat")
@@ -132,6 +148,8 @@ class UsageCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if self.guard_context:
+            self._guard_context(serialized, prompts, metadata, kwargs)
         self._check_budgets(serialized, prompts, tags, metadata, kwargs)
         try:
             self._start(
@@ -213,6 +231,36 @@ class UsageCallbackHandler(BaseCallbackHandler):
             self._roots[run_id] = root
             return root
 
+    def _guard_context(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: Any,
+        metadata: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Raise `ContextWindowExceededError` when a prompt of this run cannot fit its
+        model's window: the one error this handler lets out. Any other failure here is
+        the handler's own, and lets the call through."""
+        try:
+            metadata = metadata or {}
+            params = kwargs.get("invocation_params") or {}
+            model = _requested_model(metadata, params)
+            if not model:
+                return
+            provider = metadata.get("ls_provider") or _provider_from_class(serialized)
+            for prompt in prompts or ():  # a batch: one request per prompt
+                guard_call(
+                    str(model),
+                    prompt,
+                    provider=provider if isinstance(provider, str) else None,
+                    tools=params.get("tools"),
+                    max_output=max_output_tokens(params),
+                )
+        except ContextWindowExceededError:
+            raise
+        except Exception as exc:
+            self._failed("guard_context", exc)
+
     def _start(
         self,
         run_id: UUID,
@@ -225,12 +273,14 @@ class UsageCallbackHandler(BaseCallbackHandler):
         operation: str,
     ) -> None:
         metadata = metadata or {}
-        model = _requested_model(metadata, kwargs)
+        params = kwargs.get("invocation_params") or {}
+        model = _requested_model(metadata, params)
         provider = metadata.get("ls_provider") or _provider_from_class(serialized)
         agent = _agent(metadata)
         picked = {k: metadata[k] for k in self.metadata_keys if k in metadata}
         name = kwargs.get("name")
         started, ts = time.perf_counter(), utc_now()
+        prompt = HeldPrompt.of(_prompt_texts(prompts), str(model) if model else None, operation)
         with self._lock:
             roots = self._roots
             root = roots.get(parent_run_id, parent_run_id) if parent_run_id else run_id
@@ -249,8 +299,30 @@ class UsageCallbackHandler(BaseCallbackHandler):
                 tags=clean_tags(tags),
                 attrs=clean_attrs(picked) if picked else {},
                 operation=operation,
-                prompts=prompts,
+                prompt=prompt,
             )
+            if len(self._roots) > MAX_OPEN_RUNS:  # chains cancelled before they ended
+                for old in list(self._roots)[: MAX_OPEN_RUNS // 2]:
+                    self._roots.pop(old, None)
+        for run in self._expired(started):
+            try:
+                self._record(run, None, None, abandoned=True)
+            finally:
+                run.prompt.release()
+
+    def _expired(self, now: float) -> list[_Run]:
+        """Forget the runs started more than `abandon_after` seconds before `now`, and
+        the oldest beyond `MAX_OPEN_RUNS`."""
+        expired: list[UUID] = []
+        with self._lock:
+            excess = len(self._runs) - MAX_OPEN_RUNS
+            for run_id, run in self._runs.items():  # in start order
+                if len(expired) >= excess and now - run.started < self.abandon_after:
+                    break
+                expired.append(run_id)
+            for run_id in expired:
+                self._roots.pop(run_id, None)
+            return [self._runs.pop(run_id) for run_id in expired]
 
     def _finish(
         self, run_id: UUID, response: LLMResult | None, error: BaseException | None
@@ -259,8 +331,21 @@ class UsageCallbackHandler(BaseCallbackHandler):
             run = self._runs.pop(run_id, None)
             self._roots.pop(run_id, None)
         if run is None:
-            return  # a run we never saw start; nothing reliable to record
-        ended = time.perf_counter()
+            return  # a run we never saw start (or already recorded as abandoned)
+        try:
+            self._record(run, response, error)
+        finally:
+            run.prompt.release()
+
+    def _record(
+        self,
+        run: _Run,
+        response: LLMResult | None,
+        error: BaseException | None,
+        *,
+        abandoned: bool = False,
+    ) -> None:
+        ended = None if abandoned else time.perf_counter()
         try:
             usage, served_model, service_tier = read_llm_result(response)
             outputs = _output_texts(response) if usage is None and error is None else []
@@ -271,12 +356,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         estimate_method = None
         if usage is None:
             if error is None:
-                usage, estimate_method = estimate_usage(
-                    _prompt_texts(run.prompts),
-                    outputs,
-                    served_model or run.model,
-                    chat=run.operation == "chat",
-                )
+                usage, estimate_method = run.prompt.estimate(outputs, served_model or run.model)
             else:
                 usage = Usage()
         tier = recorded_tier(service_tier)
@@ -293,7 +373,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
             provider=run.provider,
             model=run.model,
             response_model=served_model,
-            status="error" if error is not None else "ok",
+            status="abandoned" if abandoned else "error" if error is not None else "ok",
             error_type=type(error).__name__ if error is not None else None,
             latency_ms=elapsed_ms(run.started, ended),
             ttft_ms=elapsed_ms(run.started, run.first_token),
@@ -315,16 +395,16 @@ class UsageCallbackHandler(BaseCallbackHandler):
 
     @property
     def raise_error(self) -> bool:
-        """True while a block or throttle budget applies, so that LangChain lets its
-        `BudgetExceededError` through (it reads this only when a callback raised); every
-        other error is swallowed inside the handler."""
-        if self._raise_error is not None:
-            return self._raise_error
-        return any(b.action != "warn" for b in budgets.applicable(self.budgets, self.sessions))
+        """Whether LangChain lets this handler's errors reach the caller (it reads this
+        only once a callback has raised): True with `guard_context` and while a block or
+        throttle budget applies. Every other error of ours is caught where it happens."""
+        return self.guard_context or any(
+            b.action != "warn" for b in budgets.applicable(self.budgets, self.sessions)
+        )
 
     @raise_error.setter
     def raise_error(self, value: bool) -> None:
-        self._raise_error = value
+        """Kept for LangChain's interface; `guard_context` and the budgets decide."""
 
     def _check_budgets(
         self,
@@ -341,23 +421,23 @@ class UsageCallbackHandler(BaseCallbackHandler):
             if not chosen:
                 return
             metadata = metadata or {}
-            model = _requested_model(metadata, kwargs)
+            params = kwargs.get("invocation_params") or {}
+            model = _requested_model(metadata, params)
+            provider = metadata.get("ls_provider") or _provider_from_class(serialized)
             sessions = (*self.sessions, *current_sessions())
             picked = {k: metadata[k] for k in self.metadata_keys if k in metadata}
             agent = _agent(metadata)
             call = CallFacts(
                 model=str(model) if model else None,
-                provider=metadata.get("ls_provider") or _provider_from_class(serialized),
+                provider=provider if isinstance(provider, str) else None,
                 agent=str(agent)[:256] if agent else None,
                 tags=clean_tags(tags),
                 attrs=clean_attrs(*(s.attrs for s in sessions), picked),
             )
-            params = kwargs.get("invocation_params") or {}
-            limit = params.get("max_tokens") or params.get("max_completion_tokens")
             prompt = prompts[0] if isinstance(prompts, list) and prompts else None
 
             def estimate() -> Any:
-                return budgets.estimate_call(call.model, prompt, limit)
+                return budgets.estimate_call(call.model, prompt, max_output_tokens(params))
 
         except Exception as exc:
             self._failed("budget check", exc)
@@ -365,8 +445,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         budgets.check(chosen, call, db=self.db, sessions=sessions, estimate=estimate)
 
 
-def _requested_model(metadata: dict[str, Any], kwargs: dict[str, Any]) -> Any:
-    params = kwargs.get("invocation_params") or {}
+def _requested_model(metadata: dict[str, Any], params: dict[str, Any]) -> Any:
     return (
         metadata.get("ls_model_name")
         or params.get("model")
@@ -449,6 +528,8 @@ register_configure_hook(_tracking_handler, inheritable=True)
 
 
 def activate_tracking(stack: tuple[UsageSession, ...]) -> Callable[[], None]:
-    """Attach a handler feeding `stack` to every LangChain run in this context."""
-    token = _tracking_handler.set(UsageCallbackHandler(sessions=stack))
+    """Attach a handler feeding `stack` to every LangChain run in this context; it
+    guards the context window when any block of `stack` asked for that."""
+    handler = UsageCallbackHandler(sessions=stack, guard_context=guarding(stack))
+    token = _tracking_handler.set(handler)
     return lambda: _tracking_handler.reset(token)

@@ -56,17 +56,20 @@ except ModuleNotFoundError as exc:
 
 from modelforge import budgets
 from modelforge.budgets import Budget, CallFacts
+from modelforge.context_guard import max_output_tokens
+from modelforge.errors import ContextWindowExceededError
 from modelforge.integrations.llamaindex_calls import (
     MAX_OPEN_CALLS,
     CallRecorder,
     SpanParents,
     forget_oldest,
     forget_spans,
+    guard_llm_start,
     provider_of,
     requested_model,
 )
 from modelforge.records import clean_attrs
-from modelforge.session import UsageSession, current_sessions
+from modelforge.session import UsageSession, current_sessions, guarding
 
 __all__ = [
     "LlamaIndexCallbackHandler",
@@ -210,11 +213,15 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
     both is still stored once (both give it its span's run id), but an embedding would
     be stored twice.
 
+    With `guard_context=True`, or inside a `track_usage(guard_context=True)` block, it
+    raises `ContextWindowExceededError` before the request is sent when the prompt,
+    plus the output it asks for, does not fit the model's context window. Only this
+    handler can: LlamaIndex's instrumentation dispatcher swallows every exception its
+    event handlers raise, so `instrument()` records calls but cannot stop one.
+
     It is also where budgets stop a LlamaIndex call: at the LLM start event, before the
     request is sent, a reached `block` budget (its own `budgets`, those of the open
     `track_usage()` blocks, or config.toml's) raises `BudgetExceededError`.
-    LlamaIndex's instrumentation dispatcher swallows every error an event handler
-    raises, so `instrument()` alone cannot block a call.
     """
 
     def __init__(
@@ -224,9 +231,11 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
         db: Path | str | None = None,
         metadata_keys: Sequence[str] | None = None,
         sessions: Iterable[UsageSession] = (),
+        guard_context: bool = False,
         budgets: Iterable[Budget] = (),
     ) -> None:
         super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
+        self.guard_context = guard_context
         self._recorder = CallRecorder(persist, db, metadata_keys, sessions)
         self.budgets = tuple(budgets)
         self._keys: dict[str, str] = {}
@@ -245,6 +254,10 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
         parent_id: str = "",
         **kwargs: Any,
     ) -> str:
+        if event_type == CBEventType.LLM and (
+            self.guard_context or guarding(current_sessions() + self._recorder.sessions)
+        ):
+            self._guard_context(payload or {})
         if event_type == CBEventType.LLM:
             self._check_budgets(payload or {})
         try:
@@ -288,6 +301,22 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
         except Exception as exc:
             self._recorder.failed("LlamaIndexCallbackHandler.on_event_end", exc)
 
+    def _guard_context(self, payload: Mapping[str, Any]) -> None:
+        """Raise `ContextWindowExceededError` when the call cannot fit: the one error
+        this handler lets out (LlamaIndex's CallbackManager passes it on, before the
+        request). Any other failure here is the handler's own, and lets the call through."""
+        try:
+            prompt = payload.get(EventPayload.MESSAGES, payload.get(EventPayload.PROMPT))
+            guard_llm_start(
+                payload.get(EventPayload.SERIALIZED),
+                prompt,
+                payload.get(EventPayload.ADDITIONAL_KWARGS),
+            )
+        except ContextWindowExceededError:
+            raise
+        except Exception as exc:
+            self._recorder.failed("LlamaIndexCallbackHandler.guard_context", exc)
+
     def _llm_start(self, payload: Mapping[str, Any], event_id: str) -> None:
         # The LLM method's span is active here, as for the instrumentation events, so
         # both handlers give a call the same run id.
@@ -319,7 +348,9 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
                 attrs=clean_attrs(*(s.attrs for s in sessions)),
             )
             prompt = payload.get(EventPayload.MESSAGES, payload.get(EventPayload.PROMPT))
-            limit = model_dict.get("max_tokens") if isinstance(model_dict, dict) else None
+            kwargs = payload.get(EventPayload.ADDITIONAL_KWARGS)
+            settings = model_dict if isinstance(model_dict, Mapping) else None
+            limit = max_output_tokens(kwargs if isinstance(kwargs, Mapping) else None, settings)
 
             def estimate() -> Any:
                 return budgets.estimate_call(call.model, prompt, limit)

@@ -30,6 +30,7 @@ except ModuleNotFoundError as exc:
     raise missing_extra(exc, "llamaindex") from exc
 
 from modelforge import config, recorder
+from modelforge.context_guard import guard_call, max_output_tokens
 from modelforge.estimate import estimate_usage, text_of
 from modelforge.providers import provider_of_class
 from modelforge.records import CallRecord, clean_attrs, elapsed_ms, price_call, utc_now
@@ -303,6 +304,27 @@ def _span_name(span_id: str | None) -> str | None:
     if span_id and len(span_id) > _UUID_SUFFIX and span_id[-_UUID_SUFFIX] == "-":
         return span_id[:-_UUID_SUFFIX]
     return None
+
+
+# --- the context-window guard ---------------------------------------------------------
+
+
+def guard_llm_start(model_dict: Any, prompt: Any, call_kwargs: Any) -> None:
+    """Raise `ContextWindowExceededError` when an LLM call's prompt (a string or chat
+    messages), its `tools` and its output cap (the call's `max_tokens`, else the model's
+    `num_output`) cannot fit the model's window."""
+    model = requested_model(model_dict)
+    if model is None:
+        return
+    kwargs = call_kwargs if isinstance(call_kwargs, Mapping) else {}
+    settings = model_dict if isinstance(model_dict, Mapping) else None
+    guard_call(
+        model,
+        prompt if prompt is not None else (),
+        provider=provider_of(model_dict),
+        tools=kwargs.get("tools"),
+        max_output=max_output_tokens(kwargs, settings),
+    )
 
 
 # --- the one place a finished call becomes a record --------------------------------------
