@@ -642,6 +642,34 @@ class _Reader:
             return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
 
+class _LogRead:
+    """The log as one check sees it, looked at only if some meter is due to: whether
+    recording is on, its reader (None when off, or while the log cannot be used), and its
+    `data_version`, each found at most once."""
+
+    def __init__(self, path: str, settings: config.Settings | None = None) -> None:
+        self.path, self.settings = path, settings
+        self._recording: bool | None = None
+        self._reader: _Reader | None = None
+        self._version: int | None = None
+
+    def recording(self) -> bool:
+        if self._recording is None:
+            self._recording = config.telemetry_status(self.settings).enabled
+        return self._recording
+
+    def reader(self) -> _Reader | None:
+        if self._reader is None and self.recording():
+            self._reader = _reader(self.path)
+        return self._reader
+
+    def version(self) -> int | None:
+        if self._version is None:
+            reader = self.reader()
+            self._version = reader.version() if reader is not None else None
+        return self._version
+
+
 _readers: dict[str, _Reader | float] = {}
 _readers_lock = threading.Lock()
 
@@ -672,12 +700,16 @@ def _reader(path: str) -> _Reader | None:
         return made
 
 
-def log_path(db: Path | str | None, sessions: Iterable[UsageSession] = ()) -> str:
+def log_path(
+    db: Path | str | None,
+    sessions: Sequence[UsageSession] = (),
+    settings: config.Settings | None = None,
+) -> str:
     """The log a call's record goes to, as `recorder.deliver` chooses it."""
     if db is None:
-        db = next((s.db for s in reversed(tuple(sessions)) if s.db), None)
-    path = Path(db).expanduser() if db else config.default_db_path()
-    return str(path.absolute())
+        db = next((s.db for s in reversed(sessions) if s.db), None)
+    path = Path(db).expanduser() if db else config.default_db_path(settings)
+    return str(path) if path.is_absolute() else str(path.absolute())
 
 
 def _filters(spec: _Spec, since: str | None) -> Filters:
@@ -749,31 +781,41 @@ class _Meter:
         self.shared = _NOTHING
         self.version: int | None = None  # the log's data_version at the last refresh
         self.refreshed_at = 0.0
+        self.looked_at = 0.0  # when the log's data_version was last compared
         self.last_total: _Spend | None = None
         self.recent: _Spend | None = None  # spent per REFRESH_INTERVAL, lately
         self.increment: tuple[int, _Spend] | None = None  # last row id read, its spend
         self.unwritten: dict[str, _Entry] = {}
-        self.unwritten_sum = _NOTHING
         self.kept: deque[_Entry] = deque()
         self.kept_ids: set[str] = set()
-        self.kept_sum = _NOTHING
+        self.local = _NOTHING  # the counted entries of `unwritten` and `kept`
+        self.total = _NOTHING  # shared + local
         self.fired_period: str | None = None
         self.fired: set[str] = set()
 
     def view(
-        self, now: datetime, reader: _Reader | None, version: int | None, *, fresh: bool = False
+        self, now: datetime, log: _LogRead | None, *, fresh: bool = False
     ) -> tuple[_Spend, Window]:
-        """The spend at `now`, re-reading the log when it is due (see the module doc)."""
+        """The spend at `now`, re-reading `log` (None: do not) when it is due and has
+        changed (see the module doc); `fresh` re-reads it in any case."""
         with self.lock:
             window = self._window_at(now)
-            spent = self._total()
-            if reader is not None and version is not None and self._stale(spent, version, fresh):
-                if self.unwritten and self.near(spent):
-                    # Others see this process's spend only once it is written.
-                    _flush_own(self.path)
-                self._refresh(reader, window, version)
-                spent = self._total()
-            return spent, window
+            spent = self.total
+            if log is None or not self._due(spent, fresh):
+                return spent, window
+            reader, version = log.reader(), log.version()
+            if reader is None or version is None:  # recording is off, or the log unusable
+                return spent, window
+            if not fresh and version == self.version:
+                self.looked_at = time.monotonic()
+                if self.recent is None:
+                    self.recent = _NOTHING  # the log has not grown since it was read
+                return spent, window
+            if self.unwritten and self.near(spent):
+                # Others see this process's spend only once it is written.
+                _flush_own(self.path)
+            self._refresh(reader, window, version)
+            return self.total, window
 
     def add(self, now: datetime, entry: _Entry, persisted: bool) -> None:
         with self.lock:
@@ -784,13 +826,13 @@ class _Meter:
                 if entry.run_id not in self.unwritten:
                     self.unwritten[entry.run_id] = entry
                     if inside:
-                        self.unwritten_sum += entry.spend
+                        self._count(entry.spend)
             elif inside and entry.run_id not in self.kept_ids:
                 # Roughly in time order (calls end out of order): a rolling window may
                 # keep a call a little past its age, never drop one too soon.
                 self.kept.append(entry)
                 self.kept_ids.add(entry.run_id)
-                self.kept_sum += entry.spend
+                self._count(entry.spend)
 
     def near(self, spent: _Spend) -> bool:
         """Whether the limit is close enough that a stale figure could let calls past it:
@@ -809,12 +851,6 @@ class _Meter:
             spec.tokens // NEAR_SHARE, 2 * recent.tokens
         )
 
-    def unfired(self, period: str, marks: Sequence[_Mark]) -> list[_Mark]:
-        with self.lock:
-            if period != self.fired_period:
-                self.fired_period, self.fired = period, set()
-            return [m for m in marks if m.key not in self.fired]
-
     def claim(self, period: str, marks: Sequence[_Mark]) -> list[_Mark]:
         """The marks not yet fired by this process this period, now marked fired."""
         with self.lock:
@@ -828,13 +864,14 @@ class _Meter:
         """Start again from the log (in a forked child: the parent's calls are its own)."""
         self.lock = threading.Lock()
         self.window = None
-        self.unwritten, self.unwritten_sum = {}, _NOTHING
-        self.kept, self.kept_ids, self.kept_sum = deque(), set(), _NOTHING
+        self.unwritten, self.kept, self.kept_ids = {}, deque(), set()
+        self.local = self.total = _NOTHING
 
     # --- internals (the lock held) -------------------------------------------------------
 
-    def _total(self) -> _Spend:
-        return self.shared + self.unwritten_sum + self.kept_sum
+    def _count(self, spend: _Spend) -> None:
+        local = self.local = self.local + spend
+        self.total = self.shared + local
 
     def _window_at(self, now: datetime) -> Window:
         window = self.window
@@ -858,21 +895,23 @@ class _Meter:
             for run_id, entry in self.unwritten.items()
             if since is None or entry.ts >= since
         }
-        self.unwritten_sum = sum((e.spend for e in self.unwritten.values()), _NOTHING)
-        self._prune(since)
+        self.kept = deque(e for e in self.kept if since is None or e.ts >= since)
+        self.kept_ids = {e.run_id for e in self.kept}
+        entries = (*self.unwritten.values(), *self.kept)
+        self.local = self.total = sum((e.spend for e in entries), _NOTHING)
 
     def _prune(self, since: str | None) -> None:
         while self.kept and since is not None and self.kept[0].ts < since:
             gone = self.kept.popleft()
             self.kept_ids.discard(gone.run_id)
-            self.kept_sum -= gone.spend
+            self._count(_NOTHING - gone.spend)
 
-    def _stale(self, spent: _Spend, version: int, fresh: bool) -> bool:
-        if self.version is None or fresh:
+    def _due(self, spent: _Spend, fresh: bool) -> bool:
+        """Whether to see if the log changed: always near the limit, else at most every
+        `REFRESH_INTERVAL`."""
+        if fresh or self.version is None or self.near(spent):
             return True
-        if version == self.version:
-            return False
-        return self.near(spent) or time.monotonic() - self.refreshed_at >= REFRESH_INTERVAL
+        return time.monotonic() - self.looked_at >= REFRESH_INTERVAL
 
     def _refresh(self, reader: _Reader, window: Window, version: int) -> None:
         with reader.lock:
@@ -886,14 +925,16 @@ class _Meter:
         for run_id in written:
             entry = self.unwritten.pop(run_id)
             if entry.counted:
-                self.unwritten_sum -= entry.spend
+                self.local -= entry.spend
         self.shared = shared
-        moment, total, last = time.monotonic(), self._total(), self.last_total
+        total = self.total = shared + self.local
+        moment, last = time.monotonic(), self.last_total
         if last is not None and moment > self.refreshed_at:
             scale = REFRESH_INTERVAL / (moment - self.refreshed_at)
             grew = total - last
             self.recent = _Spend(max(0, int(grew.tokens * scale)), max(0, int(grew.pico * scale)))
         self.last_total, self.refreshed_at, self.version = total, moment, version
+        self.looked_at = moment
 
     def _log_spend(self, conn: sqlite3.Connection, window: Window) -> _Spend:
         filters = _filters(self.spec, window.since)
@@ -939,15 +980,20 @@ def configured() -> tuple[Budget, ...]:
     return config.load_settings().budgets
 
 
-def applicable(own: Iterable[Budget], sessions: Iterable[UsageSession] = ()) -> tuple[Budget, ...]:
-    """A handler's budgets, its `track_usage()` sessions', then config.toml's, once each."""
+def applicable(
+    own: Iterable[Budget],
+    sessions: Iterable[UsageSession] = (),
+    settings: config.Settings | None = None,
+) -> tuple[Budget, ...]:
+    """A handler's budgets, its `track_usage()` sessions', then config.toml's (from
+    `settings` when just read), once each."""
     found: dict[int, Budget] = {}
     for budget in own:
         found.setdefault(id(budget), budget)
     for session in sessions:
         for budget in session.budgets:
             found.setdefault(id(budget), budget)
-    for budget in configured():
+    for budget in (settings or config.load_settings()).budgets:
         found.setdefault(id(budget), budget)
     return tuple(found.values())
 
@@ -968,30 +1014,36 @@ class _Estimate:
 
 
 def check(
-    budgets: Iterable[Budget],
-    call: CallFacts,
+    own: Iterable[Budget],
+    facts: Callable[[], CallFacts],
     *,
     db: Path | str | None = None,
-    sessions: Iterable[UsageSession] = (),
+    sessions: Sequence[UsageSession] = (),
     estimate: Callable[[], _Spend | None] | None = None,
 ) -> None:
     """The start-of-call check, before the request is sent.
 
-    Raises `BudgetExceededError` for a reached `block` budget (and a `throttle` one that
-    waited its `max_wait`); queues the alerts any budget's thresholds call for. Anything
-    else that goes wrong is logged once and the call goes ahead. `estimate` gives this
+    Checks the budgets that apply (`own`, the `sessions`', config.toml's) and match the
+    call (`facts()`, worked out only when some budget applies). Raises
+    `BudgetExceededError` for a reached `block` budget (and a `throttle` one that waited
+    its `max_wait`); queues the alerts any budget's thresholds call for. Anything else
+    that goes wrong is logged once and the call goes ahead. `estimate` gives this
     call's estimated spend (see `estimate_call`), for `include_estimate` budgets.
     """
     try:
-        chosen = [b for b in budgets if b.matches(call)]
+        settings = config.load_settings()
+        chosen = applicable(own, sessions, settings)
         if not chosen:
             return
-        path = log_path(db, sessions)
-        reader = _reader(path) if config.telemetry_status().enabled else None
-        version = reader.version() if reader is not None else None
+        call = facts()
+        chosen = tuple(b for b in chosen if b.matches(call))
+        if not chosen:
+            return
+        path = log_path(db, sessions, settings)
+        log = _LogRead(path, settings)
         guess = _Estimate(estimate)
         for budget in chosen:
-            _check_one(budget, path, reader, version, guess)
+            _check_one(budget, path, log, guess)
     except BudgetExceededError:
         raise
     except Exception as exc:
@@ -1002,13 +1054,11 @@ def check(
         )
 
 
-def _check_one(
-    budget: Budget, path: str, reader: _Reader | None, version: int | None, guess: _Estimate
-) -> None:
+def _check_one(budget: Budget, path: str, log: _LogRead, guess: _Estimate) -> None:
     meter = budget._meter(path)
     now = budget.clock.now()
-    spent, window = meter.view(now, reader, version)
-    _alert(budget, meter, spent, window, now, path if reader is not None else None, reader, version)
+    spent, window = meter.view(now, log)
+    _alert(budget, meter, spent, window, now, log)
     if budget.action == "warn":
         return
     extra = guess.get() if budget.include_estimate else None
@@ -1021,8 +1071,7 @@ def _check_one(
             budget.clock.sleep(step)
             waited += step
             now = budget.clock.now()
-            version = reader.version() if reader is not None else None
-            spent, window = meter.view(now, reader, version, fresh=True)
+            spent, window = meter.view(now, _LogRead(path), fresh=True)
             if not budget._over(spent, extra):
                 return
     raise budget._exceeded(spent, window, now, extra, waited)
@@ -1061,27 +1110,30 @@ def _alert(
     spent: _Spend,
     window: Window,
     now: datetime,
-    log: str | None,
-    reader: _Reader | None,
-    version: int | None,
+    log: _LogRead | None,
+    *,
+    shared: bool | None = None,
 ) -> None:
-    """Queue an alert for each threshold crossed this period and not yet fired here."""
+    """Queue an alert for each threshold crossed this period and not yet fired here.
+
+    It is claimed in the log (so it fires once across processes) when `shared`, which
+    defaults to whether `log` is given: recording is on."""
     if not budget._marks:
         return
     # A rolling budget's alerts still fire once per calendar period.
     period = budget.window(now) if budget.rate else window
     key = period.since or ""
-    pending = meter.unfired(key, budget._marks)
-    if not pending:
+    # Read without the lock: `claim` decides, under it.
+    fired = meter.fired if meter.fired_period == key else ()
+    due = [m for m in budget._marks if m.key not in fired and (m.hourly or m.reached(spent))]
+    if not due:
         return
     hourly: _Spend | None = None
-    if any(m.hourly for m in pending):
-        hourly, _ = budget._hourly_meter(meter.path).view(now, reader, version)
-    due = []
-    for mark in pending:
-        figure = hourly if mark.hourly else spent
-        if figure is not None and mark.reached(figure):
-            due.append(mark)
+    if any(m.hourly for m in due):
+        hourly, _ = budget._hourly_meter(meter.path).view(now, log)
+        due = [m for m in due if not m.hourly or m.reached(hourly)]
+    if shared is None:
+        shared = log is not None and log.recording()
     for mark in meter.claim(key, due):
         alert = BudgetAlert(
             budget=budget.name,
@@ -1098,7 +1150,8 @@ def _alert(
             hourly_usd=hourly.usd if hourly is not None and mark.hourly else None,
             hourly_tokens=hourly.tokens if hourly is not None and mark.hourly else None,
         )
-        queue_alert(alert, log=log, on_alert=budget.on_alert, webhook=budget.webhook)
+        claim = meter.path if shared else None
+        queue_alert(alert, log=claim, on_alert=budget.on_alert, webhook=budget.webhook)
 
 
 # --- the end of a call ----------------------------------------------------------------
@@ -1128,15 +1181,15 @@ def note(
         usage = record.usage
         spend = _Spend(usage.input_tokens + usage.output_tokens, _pico(record.cost.total))
         entry = _Entry(record.ts, record.run_id, spend, False)
-        log = path if config.telemetry_status().enabled else None
+        recording = config.telemetry_status().enabled
         for meter in list(meters):
             if not _matches(meter.spec.scope, call):
                 continue
             for budget in list(meter.budgets):
                 now = budget.clock.now()
                 meter.add(now, entry, persisted)
-                spent, window = meter.view(now, None, None)
-                _alert(budget, meter, spent, window, now, log, None, None)
+                spent, window = meter.view(now, None)
+                _alert(budget, meter, spent, window, now, None, shared=recording)
             if not meter.budgets:  # an hourly-rate meter: no budget of its own
                 meter.add(SYSTEM_CLOCK.now(), entry, persisted)
     except Exception as exc:

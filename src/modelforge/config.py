@@ -6,6 +6,7 @@ default. The config file is `config.toml` in the platformdirs user config dir.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -34,13 +35,31 @@ logger = logging.getLogger("modelforge")
 
 
 def _dir(env_var: str, kind: str) -> Path:
+    # Every call's settings lookup comes here, so the paths are worked out once per
+    # value of the variables they depend on.
+    home = os.environ.get("HOME")
     explicit = os.environ.get(env_var)
     if explicit:
-        return Path(explicit).expanduser()
+        return _expanded(explicit, home)
+    return _platform_dir(kind, os.environ.get(f"XDG_{kind.upper()}_HOME"), home)
+
+
+@functools.lru_cache(maxsize=64)
+def _expanded(path: str, home: str | None) -> Path:
+    return Path(path).expanduser()
+
+
+@functools.lru_cache(maxsize=64)
+def _platform_dir(kind: str, xdg: str | None, home: str | None) -> Path:
     import platformdirs
 
     finder = getattr(platformdirs, f"user_{kind}_dir")
     return Path(finder(APP_NAME, appauthor=False))
+
+
+@functools.lru_cache(maxsize=64)
+def _file_in(directory: Path, name: str) -> Path:
+    return directory / name
 
 
 def config_dir() -> Path:
@@ -56,7 +75,7 @@ def data_dir() -> Path:
 
 
 def config_path() -> Path:
-    return config_dir() / "config.toml"
+    return _file_in(config_dir(), "config.toml")
 
 
 @dataclass(frozen=True)
@@ -518,8 +537,9 @@ class TelemetryStatus:
     reason: str
 
 
-def telemetry_status() -> TelemetryStatus:
-    """Whether the usage log may be written, and which setting decided it."""
+def telemetry_status(settings: Settings | None = None) -> TelemetryStatus:
+    """Whether the usage log may be written, and which setting decided it (`settings`:
+    the config file as just read, to save reading it again)."""
     env = os.environ.get("MODELFORGE_TELEMETRY")
     if env is not None and env.strip():
         try:
@@ -531,7 +551,8 @@ def telemetry_status() -> TelemetryStatus:
     dnt = os.environ.get("DO_NOT_TRACK", "").strip().lower()
     if dnt and dnt not in FALSE_WORDS:
         return TelemetryStatus(False, f"DO_NOT_TRACK={os.environ['DO_NOT_TRACK']}")
-    settings = load_settings()
+    if settings is None:
+        settings = load_settings()
     if settings.unreadable:
         # The file may say `telemetry = false`; without reading it we must assume so.
         return TelemetryStatus(
@@ -547,15 +568,18 @@ def telemetry_status() -> TelemetryStatus:
     return TelemetryStatus(True, "default")
 
 
-def default_db_path() -> Path:
-    """`MODELFORGE_DB`, else `db` from the config file, else the user data dir."""
+def default_db_path(settings: Settings | None = None) -> Path:
+    """`MODELFORGE_DB`, else `db` from the config file (`settings`, if just read), else
+    the user data dir."""
+    home = os.environ.get("HOME")
     env = os.environ.get("MODELFORGE_DB")
     if env:
-        return Path(env).expanduser()
-    settings = load_settings()
+        return _expanded(env, home)
+    if settings is None:
+        settings = load_settings()
     if settings.db:
-        return Path(settings.db).expanduser()
-    return data_dir() / "usage.db"
+        return _expanded(settings.db, home)
+    return _file_in(data_dir(), "usage.db")
 
 
 def db_path_origin(path: Path) -> str:

@@ -414,35 +414,32 @@ class UsageCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None,
         kwargs: dict[str, Any],
     ) -> None:
-        """The start-of-call budget check: raises `BudgetExceededError` before the
-        request is sent; anything else going wrong here is swallowed."""
-        try:
-            chosen = budgets.applicable(self.budgets, self.sessions)
-            if not chosen:
-                return
-            metadata = metadata or {}
-            params = kwargs.get("invocation_params") or {}
-            model = _requested_model(metadata, params)
-            provider = metadata.get("ls_provider") or _provider_from_class(serialized)
-            sessions = (*self.sessions, *current_sessions())
-            picked = {k: metadata[k] for k in self.metadata_keys if k in metadata}
-            agent = _agent(metadata)
-            call = CallFacts(
+        """The start-of-call budget check (its own budgets, its sessions' and
+        config.toml's): raises `BudgetExceededError` before the request is sent; anything
+        else going wrong is logged once and lets the call through."""
+        meta = metadata or {}
+        params = kwargs.get("invocation_params") or {}
+        around = (*self.sessions, *current_sessions())  # as `recorder.deliver` merges them
+        db = self.db or next((s.db for s in reversed(around) if s.db), None)
+
+        def facts() -> CallFacts:
+            model, agent = _requested_model(meta, params), _agent(meta)
+            provider = meta.get("ls_provider") or _provider_from_class(serialized)
+            picked = {k: meta[k] for k in self.metadata_keys if k in meta}
+            return CallFacts(
                 model=str(model) if model else None,
                 provider=provider if isinstance(provider, str) else None,
                 agent=str(agent)[:256] if agent else None,
                 tags=clean_tags(tags),
-                attrs=clean_attrs(*(s.attrs for s in sessions), picked),
+                attrs=clean_attrs(*(s.attrs for s in around), picked),
             )
+
+        def estimate() -> Any:
+            model = _requested_model(meta, params)
             prompt = prompts[0] if isinstance(prompts, list) and prompts else None
+            return budgets.estimate_call(model and str(model), prompt, max_output_tokens(params))
 
-            def estimate() -> Any:
-                return budgets.estimate_call(call.model, prompt, max_output_tokens(params))
-
-        except Exception as exc:
-            self._failed("budget check", exc)
-            return
-        budgets.check(chosen, call, db=self.db, sessions=sessions, estimate=estimate)
+        budgets.check(self.budgets, facts, db=db, sessions=self.sessions, estimate=estimate)
 
 
 def _requested_model(metadata: dict[str, Any], params: dict[str, Any]) -> Any:

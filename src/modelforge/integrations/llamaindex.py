@@ -336,30 +336,25 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
         """The start-of-call budget check: raises `BudgetExceededError` before the
         request is sent (the callback manager lets it through); anything else going
         wrong here is swallowed."""
-        try:
-            sessions = (*self._recorder.sessions, *current_sessions())
-            chosen = budgets.applicable(self.budgets, sessions)
-            if not chosen:
-                return
-            model_dict = payload.get(EventPayload.SERIALIZED)
-            call = CallFacts(
+        sessions = (*self._recorder.sessions, *current_sessions())
+        model_dict = payload.get(EventPayload.SERIALIZED)
+
+        def facts() -> CallFacts:
+            return CallFacts(
                 model=requested_model(model_dict),
                 provider=provider_of(model_dict),
                 attrs=clean_attrs(*(s.attrs for s in sessions)),
             )
+
+        def estimate() -> Any:
             prompt = payload.get(EventPayload.MESSAGES, payload.get(EventPayload.PROMPT))
             kwargs = payload.get(EventPayload.ADDITIONAL_KWARGS)
             settings = model_dict if isinstance(model_dict, Mapping) else None
             limit = max_output_tokens(kwargs if isinstance(kwargs, Mapping) else None, settings)
+            return budgets.estimate_call(requested_model(model_dict), prompt, limit)
 
-            def estimate() -> Any:
-                return budgets.estimate_call(call.model, prompt, limit)
-
-        except Exception as exc:
-            self._recorder.failed("LlamaIndexCallbackHandler.budget check", exc)
-            return
         db = self._recorder.db
-        budgets.check(chosen, call, db=db, sessions=sessions, estimate=estimate)
+        budgets.check(self.budgets, facts, db=db, sessions=sessions, estimate=estimate)
 
     def start_trace(self, trace_id: str | None = None) -> None:
         """Traces carry nothing to record."""
