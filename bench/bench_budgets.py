@@ -15,8 +15,6 @@ which counts the prompt as LiteLLM does.
 
 from __future__ import annotations
 
-import _isolated  # noqa: F401  (first: private user dirs)
-
 import argparse
 import os
 import tempfile
@@ -24,9 +22,9 @@ import time
 from pathlib import Path
 from uuid import uuid4
 
+import _isolated  # noqa: F401  (before modelforge reads the env)
 from bench_report import build
 
-from modelforge import budgets
 from modelforge.budgets import Budget
 from modelforge.integrations.langchain import UsageCallbackHandler
 

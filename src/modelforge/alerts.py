@@ -79,16 +79,16 @@ class BudgetAlert:
             spent.append(f"${money_text(self.spent_usd)}{limit}")
         if self.limit_tokens is not None:
             spent.append(f"{self.spent_tokens:,} of {self.limit_tokens:,} tokens")
-        if self.hourly_usd is not None:
-            spent.append(f"${money_text(self.hourly_usd)} in the last hour")
-        if self.hourly_tokens is not None:
-            spent.append(f"{self.hourly_tokens:,} tokens in the last hour")
+        period = "in total" if self.period == "total" else f"this {self.period}"
+        text = f"{', '.join(spent)} {period}"
+        if self.hourly_usd is not None and self.hourly_tokens is not None:
+            hourly = f"${money_text(self.hourly_usd)} and {self.hourly_tokens:,} tokens"
+            text = f"{hourly} in the last hour; {text}"
         where = " (" + ", ".join(f"{k}={v}" for k, v in self.scope.items()) + ")"
         resets = f"; resets {format_ts(self.resets_at)}" if self.resets_at else ""
-        period = "in total" if self.period == "total" else f"this {self.period}"
         return (
             f"budget {self.budget!r}{where if self.scope else ''} reached {self.threshold}: "
-            f"{', '.join(spent)} {period}{resets} [{self.action}]"
+            f"{text}{resets} [{self.action}]"
         )
 
     def as_json(self) -> dict[str, Any]:

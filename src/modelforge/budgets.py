@@ -1162,16 +1162,20 @@ def note(
     *,
     db: Path | str | None,
     persisted: bool,
-    budgets: Iterable[Budget] = (),
+    budgets: Sequence[Budget] = (),
+    settings: config.Settings | None = None,
 ) -> None:
     """Count a finished call in this process's meters of its log (before the log has it,
     or instead of it when it is not `persisted`), and queue the alerts it calls for.
 
     `budgets` (its sessions' and config.toml's) get meters here if no check made them,
     so their alerts fire for calls no handler checked (LlamaIndex's instrumentation).
+    `settings` is the config file as just read.
     """
+    if not budgets and not _meters:
+        return  # no budget has been used in this process
     try:
-        path = log_path(db)
+        path = log_path(db, (), settings)
         for budget in budgets:
             budget._meter(path)
         meters = _meters_by_path.get(path)
@@ -1181,7 +1185,7 @@ def note(
         usage = record.usage
         spend = _Spend(usage.input_tokens + usage.output_tokens, _pico(record.cost.total))
         entry = _Entry(record.ts, record.run_id, spend, False)
-        recording = config.telemetry_status().enabled
+        recording = config.telemetry_status(settings).enabled
         for meter in list(meters):
             if not _matches(meter.spec.scope, call):
                 continue

@@ -60,9 +60,13 @@ def deliver(
         session.add(record)
     if db is None:
         db = next((s.db for s in reversed(stack) if s.db), None)
-    persisted = persist and all(s.persist for s in stack) and config.telemetry_status().enabled
+    settings = config.load_settings()
+    persisted = (
+        persist and all(s.persist for s in stack) and config.telemetry_status(settings).enabled
+    )
     # Before the log may have it, so no budget counts it twice or not at all.
-    budgets.note(record, db=db, persisted=persisted, budgets=budgets.applicable((), stack))
+    around = budgets.applicable((), stack, settings)
+    budgets.note(record, db=db, persisted=persisted, budgets=around, settings=settings)
     if persisted:
         # Imported here: the store pulls in sqlite-utils, which `import modelforge` skips.
         from modelforge.store import get_log
