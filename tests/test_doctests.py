@@ -16,6 +16,8 @@ MODULES = [
     "modelforge.integrations.langchain",
     "modelforge.integrations.llamaindex",
     "modelforge.messages",
+    "modelforge.budgets",
+    "modelforge.alerts",
 ]
 
 
