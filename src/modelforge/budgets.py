@@ -269,8 +269,7 @@ def _midnight(day: date, zone: tzinfo) -> datetime:
 # --- what a scope can match -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CallFacts:
+class CallFacts(NamedTuple):
     """What a budget's scope can match in a call, known when it starts (the requested
     model) or ends (the model that answered, as the log records it)."""
 

@@ -292,6 +292,8 @@ def _dotted(path: tuple[Any, ...]) -> str:
 
 
 _cache_lock = threading.Lock()
+# What every call without a config file gets: one instance, never changed.
+_NO_FILE = Settings()
 _cached: tuple[tuple[str, int, int], Settings] | None = None
 _warned: set[str] = set()
 
@@ -310,7 +312,7 @@ def load_settings(*, strict: bool = False, warn: bool = True) -> Settings:
     try:
         info = path.stat()
     except (FileNotFoundError, NotADirectoryError):
-        return Settings()
+        return _NO_FILE
     except OSError as exc:
         # We cannot see whether the file says `telemetry = false`: fail closed.
         settings = _unreadable(path, (str(path), -1, -1), exc, warn)

@@ -420,7 +420,9 @@ class UsageCallbackHandler(BaseCallbackHandler):
         meta = metadata or {}
         params = kwargs.get("invocation_params") or {}
         around = (*self.sessions, *current_sessions())  # as `recorder.deliver` merges them
-        db = self.db or next((s.db for s in reversed(around) if s.db), None)
+        db = self.db
+        if db is None and around:
+            db = next((s.db for s in reversed(around) if s.db), None)
 
         def facts() -> CallFacts:
             model, agent = _requested_model(meta, params), _agent(meta)
