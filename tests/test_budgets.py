@@ -868,6 +868,7 @@ def test_thresholds_read_as_text() -> None:
         ({"usd": 1, "tz": "Mars/Olympus"}, "tz 'Mars/Olympus' is not a known IANA time zone"),
         ({"usd": 1, "action": "throttle", "period": "month"}, "a rolling window is a minute"),
         ({"usd": 1, "scope": {"agent": None}}, "scope 'agent'=None"),
+        ({"usd": 1, "webhook": "hooks.example.com"}, "webhook must be an http:// or https:// URL"),
     ],
 )
 def test_a_bad_budget_is_refused_with_why(kwargs: dict[str, Any], message: str) -> None:

@@ -405,6 +405,10 @@ class Budget:
         specs = DEFAULT_THRESHOLDS if thresholds is None else thresholds
         self.thresholds = tuple(dict.fromkeys(Threshold.parse(t) for t in specs))
         self.on_alert = on_alert
+        if webhook is not None and not (
+            isinstance(webhook, str) and webhook.startswith(("https://", "http://"))
+        ):
+            raise BudgetError("webhook must be an http:// or https:// URL")
         self.webhook = webhook
         if not (isinstance(max_wait, (int, float)) and 0 <= max_wait < float("inf")):
             raise BudgetError(f"max_wait must be a number of seconds ≥ 0, not {max_wait!r}")
