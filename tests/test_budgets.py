@@ -54,10 +54,11 @@ from modelforge import (
     track_usage,
 )
 from modelforge.alerts import remove_on_alert
-from modelforge.budgets import Threshold, period_window, status
+from modelforge.budgets import Threshold, status
 from modelforge.cli import cli
 from modelforge.langchain import UsageCallbackHandler
 from modelforge.llamaindex import LlamaIndexCallbackHandler, instrument, uninstrument
+from modelforge.meters import period_window
 from modelforge.store import open_db
 from modelforge.wire import WireServer
 

@@ -7,30 +7,21 @@ a `block` budget that has been reached raises `BudgetExceededError` there, a `th
 budget waits for its window to allow the call, and `warn` lets it through. Thresholds
 (50, 80 and 100 % by default) fire alerts once per period (`modelforge.alerts`).
 
-Where the spend comes from. Every process writing one log shares its budgets: a
-budget's figure is what the log holds for its period (the trigger-kept hourly rollup
-for whole hours, `calls` for a partial first hour) plus this process's records not yet
-written, which `recorder.deliver` hands to `note()`. A process re-reads the log only
-when it has changed (SQLite's `data_version`), and then at most every `REFRESH_INTERVAL`
-while a budget has room left; near its limit (the last tenth, or twice what the log
-spent in the last interval) it re-reads at every check, after writing its own pending
-records, so the overshoot is at most one in-flight call per concurrent caller. With
-recording off there is no log: budgets count this process's calls only.
+The spend comes from the usage log, so every process writing one log shares its
+budgets (`modelforge.meters` says how it is read, and why the overshoot is at most one
+in-flight call per concurrent caller). `recorder.deliver` hands each finished call to
+`note()`. With recording off there is no log: budgets count this process's calls only.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 import sqlite3
-import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -38,10 +29,26 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from modelforge import config
 from modelforge.alerts import AlertCallback, BudgetAlert, queue_alert
-from modelforge.errors import BudgetError, BudgetExceededError, ModelForgeError, UsageLogError
-from modelforge.money import PICO, money_text
+from modelforge.errors import BudgetError, BudgetExceededError, ModelForgeError
+from modelforge.meters import (
+    NOTHING,
+    SECONDS,
+    Entry,
+    LogRead,
+    Meter,
+    Spec,
+    Spend,
+    Window,
+    any_meters,
+    in_pico,
+    log_path,
+    logged_spend,
+    meter_for,
+    meters_of,
+    period_window,
+)
+from modelforge.money import money_text
 from modelforge.records import CallRecord, format_ts
-from modelforge.report import Filters, totals
 
 if TYPE_CHECKING:
     from modelforge.session import UsageSession
@@ -66,50 +73,10 @@ __all__ = [
 PERIODS = ("minute", "hour", "day", "week", "month", "total")
 ACTIONS = ("warn", "block", "throttle")
 DEFAULT_THRESHOLDS = ("50%", "80%", "100%")
-_SECONDS = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
-# How stale a budget's figure of the log may be while it has room left.
-REFRESH_INTERVAL = 0.25
-# "Near the limit" starts at the last 1/NEAR_SHARE of it (or closer, see `_Meter.near`).
-NEAR_SHARE = 10
-# How long a check near the limit waits for this process's records to be written.
-FLUSH_WAIT = 1.0
 DEFAULT_MAX_WAIT = 30.0
 # A throttle re-reads the log this often (seconds) while it waits.
 THROTTLE_POLL = 1.0
-# After a log cannot be opened, budgets count local spend for this long before retrying.
-REOPEN_DELAY = 5.0
-# Scope keys the hourly rollup has a column for; any other key is read from `calls`.
-_ROLLUP_KEYS = frozenset({"model", "provider", "agent"})
 _NAME = re.compile(r"^\S[^\x00-\x1f\x7f]{0,99}$")
-
-
-class _Spend(NamedTuple):
-    tokens: int
-    pico: int  # USD in pico-dollars
-
-    def __add__(self, other: object) -> _Spend:
-        if not isinstance(other, _Spend):
-            return NotImplemented
-        return _Spend(self.tokens + other.tokens, self.pico + other.pico)
-
-    def __sub__(self, other: _Spend) -> _Spend:
-        return _Spend(self.tokens - other.tokens, self.pico - other.pico)
-
-    @property
-    def usd(self) -> Decimal:
-        return _usd(self.pico)
-
-
-_NOTHING = _Spend(0, 0)
-
-
-def _pico(amount: Decimal | None) -> int:
-    """USD as whole pico-dollars (unbounded, unlike the log's 64-bit column)."""
-    return 0 if amount is None else int((amount * PICO).to_integral_value(ROUND_CEILING))
-
-
-def _usd(pico: int) -> Decimal:
-    return Decimal(money_text(Decimal(pico).scaleb(-12)) or "0")
 
 
 # --- thresholds -----------------------------------------------------------------------
@@ -181,7 +148,7 @@ class _Mark(NamedTuple):
     pico: int | None
     tokens: int | None
 
-    def reached(self, spent: _Spend) -> bool:
+    def reached(self, spent: Spend) -> bool:
         return (self.pico is not None and spent.pico >= self.pico) or (
             self.tokens is not None and spent.tokens >= self.tokens
         )
@@ -213,57 +180,6 @@ class SystemClock:
 
 
 SYSTEM_CLOCK = SystemClock()
-
-
-# --- periods --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """The span a budget counts now: [start, end) in UTC; None ends are open."""
-
-    start: datetime | None
-    end: datetime | None
-    since: str | None  # `start` as the log's timestamp text
-
-    def holds(self, moment: datetime) -> bool:
-        return (self.start is None or self.start <= moment) and (
-            self.end is None or moment < self.end
-        )
-
-
-def period_window(period: str, rolling: bool, zone: tzinfo, now: datetime) -> Window:
-    """The calendar period (in `zone`) holding `now`, or with `rolling` the last period's
-    length up to `now` (its `end` is then None)."""
-    if period == "total":
-        return Window(None, None, None)
-    if rolling:
-        start = now - timedelta(seconds=_SECONDS[period])
-        return Window(start, None, format_ts(start))
-    local = now.astimezone(zone)
-    if period in ("minute", "hour"):
-        # Whole minutes and hours are the same instants in every zone but a few with
-        # 30- or 45-minute offsets, which flooring the local time handles too.
-        floor = local.replace(second=0, microsecond=0)
-        if period == "hour":
-            floor = floor.replace(minute=0)
-        start = floor.astimezone(timezone.utc)
-        return Window(start, start + timedelta(seconds=_SECONDS[period]), format_ts(start))
-    day = local.date()
-    if period == "week":
-        first = day - timedelta(days=day.weekday())  # ISO weeks start on Monday
-        after = first + timedelta(days=7)
-    elif period == "month":
-        first = day.replace(day=1)
-        after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
-    else:
-        first, after = day, day + timedelta(days=1)
-    start = _midnight(first, zone)
-    return Window(start, _midnight(after, zone), format_ts(start))
-
-
-def _midnight(day: date, zone: tzinfo) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(timezone.utc)
 
 
 # --- what a scope can match -----------------------------------------------------------
@@ -307,18 +223,6 @@ def _matches(scope: tuple[tuple[str, str], ...], call: CallFacts) -> bool:
 
 
 # --- Budget ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    """What a budget's figure depends on: budgets alike in these share one meter."""
-
-    scope: tuple[tuple[str, str], ...]
-    period: str
-    rolling: bool
-    tz: str
-    usd_pico: int | None
-    tokens: int | None
 
 
 class Budget:
@@ -395,7 +299,7 @@ class Budget:
         if rate is False and action == "throttle":
             raise BudgetError("a throttle budget waits for a rolling window: drop rate=False")
         rolling = bool(rate) or action == "throttle"
-        if rolling and period not in _SECONDS:
+        if rolling and period not in SECONDS:
             raise BudgetError(f"a rolling window is a minute, hour, day or week, not {period!r}")
         self.period, self.action, self.rate = period, action, rolling
         self.scope = _scope(scope)
@@ -417,12 +321,12 @@ class Budget:
         self.name = name if name is not None else self._default_name()
         if not _NAME.match(self.name):
             raise BudgetError(f"name {self.name!r}: 1 to 100 printable characters")
-        limit_pico = None if self.usd is None else _pico(self.usd)
-        self._spec = _Spec(
+        limit_pico = None if self.usd is None else in_pico(self.usd)
+        self._spec = Spec(
             tuple(sorted(self.scope.items())), period, rolling, tz or "UTC", limit_pico, tokens
         )
         self._marks = tuple(self._mark(t) for t in self.thresholds)
-        self._meters: dict[str, _Meter] = {}
+        self._meters: dict[str, Meter] = {}
 
     def _mark(self, threshold: Threshold) -> _Mark:
         value, spec = threshold.value, self._spec
@@ -431,7 +335,7 @@ class Budget:
             tokens = None if spec.tokens is None else _share(value, spec.tokens)
             return _Mark(threshold.key, False, pico, tokens)
         if threshold.kind in ("usd", "usd_per_hour"):
-            return _Mark(threshold.key, threshold.hourly, _pico(value), None)
+            return _Mark(threshold.key, threshold.hourly, in_pico(value), None)
         return _Mark(threshold.key, threshold.hourly, None, int(value))
 
     def _default_name(self) -> str:
@@ -527,18 +431,18 @@ class Budget:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _meter(self, path: str) -> _Meter:
+    def _meter(self, path: str) -> Meter:
         meter = self._meters.get(path)
         if meter is None:
-            meter = self._meters[path] = _meter_for(path, self._spec, self.zone)
+            meter = self._meters[path] = meter_for(path, self._spec, self.zone)
             meter.budgets.add(self)
         return meter
 
-    def _hourly_meter(self, path: str) -> _Meter:
+    def _hourly_meter(self, path: str) -> Meter:
         spec = replace(self._spec, period="hour", rolling=True, usd_pico=None, tokens=None)
-        return _meter_for(path, spec, self.zone)
+        return meter_for(path, spec, self.zone)
 
-    def _over(self, spent: _Spend, extra: _Spend | None) -> bool:
+    def _over(self, spent: Spend, extra: Spend | None) -> bool:
         """Reached (spend so far at the limit), or passed with this call's estimate."""
         spec = self._spec
         if spec.usd_pico is not None and (
@@ -552,11 +456,11 @@ class Budget:
         )
 
     def _exceeded(
-        self, spent: _Spend, window: Window, now: datetime, extra: _Spend | None, waited: float
+        self, spent: Spend, window: Window, now: datetime, extra: Spend | None, waited: float
     ) -> BudgetExceededError:
         resets: datetime | None
         if self.rate:
-            resets = now + timedelta(seconds=_SECONDS[self.period])
+            resets = now + timedelta(seconds=SECONDS[self.period])
             period = f"in the last {self.period}"
         else:
             resets = window.end
@@ -629,352 +533,6 @@ def _zone(tz: str | None) -> tzinfo:
         raise BudgetError(f"tz {tz!r} is not a known IANA time zone (e.g. Europe/Paris)") from None
 
 
-# --- the log, as budgets read it ----------------------------------------------------------
-
-
-class _Reader:
-    """This process's read connection to one log, shared by its meters."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.lock = threading.Lock()
-
-    def version(self) -> int:
-        """SQLite's `data_version`: changes whenever another connection has committed."""
-        with self.lock:
-            return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
-
-
-class _LogRead:
-    """The log as one check sees it, looked at only if some meter is due to: whether
-    recording is on, its reader (None when off, or while the log cannot be used), and its
-    `data_version`, each found at most once."""
-
-    def __init__(self, path: str, settings: config.Settings | None = None) -> None:
-        self.path, self.settings = path, settings
-        self._recording: bool | None = None
-        self._reader: _Reader | None = None
-        self._version: int | None = None
-
-    def recording(self) -> bool:
-        if self._recording is None:
-            self._recording = config.telemetry_status(self.settings).enabled
-        return self._recording
-
-    def reader(self) -> _Reader | None:
-        if self._reader is None and self.recording():
-            self._reader = _reader(self.path)
-        return self._reader
-
-    def version(self) -> int | None:
-        if self._version is None:
-            reader = self.reader()
-            self._version = reader.version() if reader is not None else None
-        return self._version
-
-
-_readers: dict[str, _Reader | float] = {}
-_readers_lock = threading.Lock()
-
-
-def _reader(path: str) -> _Reader | None:
-    """The log's reader (the log is created if missing: recording is on), or None while
-    the log cannot be used."""
-    reader = _readers.get(path)
-    if isinstance(reader, _Reader):
-        return reader
-    if reader is not None and time.monotonic() < reader:
-        return None
-    from modelforge.store import open_db
-
-    with _readers_lock:
-        found = _readers.get(path)
-        if isinstance(found, _Reader):
-            return found
-        try:
-            made = _Reader(open_db(path, create=True))
-        except (UsageLogError, sqlite3.Error, OSError) as exc:
-            config.warn_once(
-                f"budgets:{path}", f"budgets cannot read {path} ({exc}); counting this process only"
-            )
-            _readers[path] = time.monotonic() + REOPEN_DELAY
-            return None
-        _readers[path] = made
-        return made
-
-
-def log_path(
-    db: Path | str | None,
-    sessions: Sequence[UsageSession] = (),
-    settings: config.Settings | None = None,
-) -> str:
-    """The log a call's record goes to, as `recorder.deliver` chooses it."""
-    if db is None:
-        db = next((s.db for s in reversed(sessions) if s.db), None)
-    path = Path(db).expanduser() if db else config.default_db_path(settings)
-    return str(path) if path.is_absolute() else str(path.absolute())
-
-
-def _filters(spec: _Spec, since: str | None) -> Filters:
-    scope = dict(spec.scope)
-    return Filters(
-        since=since,
-        model=scope.pop("model", None),
-        provider=scope.pop("provider", None),
-        agent=scope.pop("agent", None),
-        tag=scope.pop("tag", None),
-        where=sorted(scope.items()),
-    )
-
-
-def _spend_of(row: Mapping[str, Any]) -> _Spend:
-    return _Spend(
-        int(row["input_tokens"] or 0) + int(row["output_tokens"] or 0), _pico(row["cost_usd"])
-    )
-
-
-def _written(conn: sqlite3.Connection, run_ids: Iterable[str]) -> list[str]:
-    """Which of `run_ids` the log has."""
-    ids, found = list(run_ids), list[str]()
-    for at in range(0, len(ids), 500):
-        chunk = ids[at : at + 500]
-        marks = ", ".join("?" * len(chunk))
-        sql = f"SELECT run_id FROM calls WHERE run_id IN ({marks})"
-        found.extend(run_id for (run_id,) in conn.execute(sql, chunk))
-    return found
-
-
-# New rows since the last reading, for scopes the rollup cannot answer (tags, attributes).
-_NEW_ROWS = (
-    "SELECT sum(r.input_tokens + r.output_tokens), sum(r.cost_usd_whole), "
-    "sum(r.cost_pusd_frac / 1000000), sum(r.cost_pusd_frac % 1000000) "
-    "FROM calls JOIN calls_hourly_rows AS r ON r.id = calls.id "
-    "WHERE calls.id > ? AND calls.id <= ? AND {where}"
-)
-
-
-def _flush_own(path: str) -> None:
-    from modelforge.store import get_log
-
-    get_log(path).flush(FLUSH_WAIT)
-
-
-# --- meters: one budget's figure in one log -------------------------------------------
-
-
-class _Entry(NamedTuple):
-    ts: str
-    run_id: str
-    spend: _Spend
-    counted: bool  # inside the window, so in the sums
-
-
-class _Meter:
-    """What the calls of one spec have spent in one log: the log's figure at the last
-    refresh, plus this process's calls the log does not have yet (`unwritten`) or will
-    never have (`kept`: recording off, or `persist=False`)."""
-
-    def __init__(self, path: str, spec: _Spec, zone: tzinfo) -> None:
-        self.path, self.spec, self.zone = path, spec, zone
-        self.rollup = not ({k for k, _ in spec.scope} - _ROLLUP_KEYS)
-        self.limited = spec.usd_pico is not None or spec.tokens is not None
-        self.lock = threading.Lock()
-        self.budgets: weakref.WeakSet[Budget] = weakref.WeakSet()
-        self.window: Window | None = None
-        self.shared = _NOTHING
-        self.version: int | None = None  # the log's data_version at the last refresh
-        self.refreshed_at = 0.0
-        self.looked_at = 0.0  # when the log's data_version was last compared
-        self.last_total: _Spend | None = None
-        self.recent: _Spend | None = None  # spent per REFRESH_INTERVAL, lately
-        self.increment: tuple[int, _Spend] | None = None  # last row id read, its spend
-        self.unwritten: dict[str, _Entry] = {}
-        self.kept: deque[_Entry] = deque()
-        self.kept_ids: set[str] = set()
-        self.local = _NOTHING  # the counted entries of `unwritten` and `kept`
-        self.total = _NOTHING  # shared + local
-        self.fired_period: str | None = None
-        self.fired: set[str] = set()
-
-    def view(
-        self, now: datetime, log: _LogRead | None, *, fresh: bool = False
-    ) -> tuple[_Spend, Window]:
-        """The spend at `now`, re-reading `log` (None: do not) when it is due and has
-        changed (see the module doc); `fresh` re-reads it in any case."""
-        with self.lock:
-            window = self._window_at(now)
-            spent = self.total
-            if log is None or not self._due(spent, fresh):
-                return spent, window
-            reader, version = log.reader(), log.version()
-            if reader is None or version is None:  # recording is off, or the log unusable
-                return spent, window
-            if not fresh and version == self.version:
-                self.looked_at = time.monotonic()
-                if self.recent is None:
-                    self.recent = _NOTHING  # the log has not grown since it was read
-                return spent, window
-            if self.unwritten and self.near(spent):
-                # Others see this process's spend only once it is written.
-                _flush_own(self.path)
-            self._refresh(reader, window, version)
-            return self.total, window
-
-    def add(self, now: datetime, entry: _Entry, persisted: bool) -> None:
-        with self.lock:
-            window = self._window_at(now)
-            inside = window.since is None or entry.ts >= window.since
-            entry = entry._replace(counted=inside)
-            if persisted:
-                if entry.run_id not in self.unwritten:
-                    self.unwritten[entry.run_id] = entry
-                    if inside:
-                        self._count(entry.spend)
-            elif inside and entry.run_id not in self.kept_ids:
-                # Roughly in time order (calls end out of order): a rolling window may
-                # keep a call a little past its age, never drop one too soon.
-                self.kept.append(entry)
-                self.kept_ids.add(entry.run_id)
-                self._count(entry.spend)
-
-    def near(self, spent: _Spend) -> bool:
-        """Whether the limit is close enough that a stale figure could let calls past it:
-        within its last tenth, or within twice what the log spent in the last interval."""
-        if not self.limited:
-            return False
-        recent = self.recent
-        if recent is None:
-            return True
-        spec = self.spec
-        if spec.usd_pico is not None and spec.usd_pico - spent.pico <= max(
-            spec.usd_pico // NEAR_SHARE, 2 * recent.pico
-        ):
-            return True
-        return spec.tokens is not None and spec.tokens - spent.tokens <= max(
-            spec.tokens // NEAR_SHARE, 2 * recent.tokens
-        )
-
-    def claim(self, period: str, marks: Sequence[_Mark]) -> list[_Mark]:
-        """The marks not yet fired by this process this period, now marked fired."""
-        with self.lock:
-            if period != self.fired_period:
-                self.fired_period, self.fired = period, set()
-            new = [m for m in marks if m.key not in self.fired]
-            self.fired.update(m.key for m in new)
-            return new
-
-    def forget(self) -> None:
-        """Start again from the log (in a forked child: the parent's calls are its own)."""
-        self.lock = threading.Lock()
-        self.window = None
-        self.unwritten, self.kept, self.kept_ids = {}, deque(), set()
-        self.local = self.total = _NOTHING
-
-    # --- internals (the lock held) -------------------------------------------------------
-
-    def _count(self, spend: _Spend) -> None:
-        local = self.local = self.local + spend
-        self.total = self.shared + local
-
-    def _window_at(self, now: datetime) -> Window:
-        window = self.window
-        if window is not None and not self.spec.rolling and window.holds(now):
-            return window
-        new = period_window(self.spec.period, self.spec.rolling, self.zone, now)
-        if window is not None and self.spec.rolling:
-            self.window = new
-            self._prune(new.since)
-        else:
-            self._restart(new)
-        return new
-
-    def _restart(self, window: Window) -> None:
-        """A new period: nothing read from the log yet; count this process's calls in it."""
-        self.window, self.shared, self.version = window, _NOTHING, None
-        self.last_total = self.recent = self.increment = None
-        since = window.since
-        self.unwritten = {
-            run_id: entry._replace(counted=True)
-            for run_id, entry in self.unwritten.items()
-            if since is None or entry.ts >= since
-        }
-        self.kept = deque(e for e in self.kept if since is None or e.ts >= since)
-        self.kept_ids = {e.run_id for e in self.kept}
-        entries = (*self.unwritten.values(), *self.kept)
-        self.local = self.total = sum((e.spend for e in entries), _NOTHING)
-
-    def _prune(self, since: str | None) -> None:
-        while self.kept and since is not None and self.kept[0].ts < since:
-            gone = self.kept.popleft()
-            self.kept_ids.discard(gone.run_id)
-            self._count(_NOTHING - gone.spend)
-
-    def _due(self, spent: _Spend, fresh: bool) -> bool:
-        """Whether to see if the log changed: always near the limit, else at most every
-        `REFRESH_INTERVAL`."""
-        if fresh or self.version is None or self.near(spent):
-            return True
-        return time.monotonic() - self.looked_at >= REFRESH_INTERVAL
-
-    def _refresh(self, reader: _Reader, window: Window, version: int) -> None:
-        with reader.lock:
-            conn = reader.conn
-            conn.execute("BEGIN")  # one snapshot for the figure and the run ids
-            try:
-                shared = self._log_spend(conn, window)
-                written = _written(conn, self.unwritten)
-            finally:
-                conn.execute("COMMIT")
-        for run_id in written:
-            entry = self.unwritten.pop(run_id)
-            if entry.counted:
-                self.local -= entry.spend
-        self.shared = shared
-        total = self.total = shared + self.local
-        moment, last = time.monotonic(), self.last_total
-        if last is not None and moment > self.refreshed_at:
-            scale = REFRESH_INTERVAL / (moment - self.refreshed_at)
-            grew = total - last
-            self.recent = _Spend(max(0, int(grew.tokens * scale)), max(0, int(grew.pico * scale)))
-        self.last_total, self.refreshed_at, self.version = total, moment, version
-        self.looked_at = moment
-
-    def _log_spend(self, conn: sqlite3.Connection, window: Window) -> _Spend:
-        filters = _filters(self.spec, window.since)
-        if self.rollup or self.spec.rolling:
-            return _spend_of(totals(conn, filters))
-        # Tags and attributes are not in the rollup: read the period once, then only
-        # the rows added since.
-        (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()
-        if self.increment is None:
-            spent = _spend_of(totals(conn, filters))
-        else:
-            before, spent = self.increment
-            where, params = filters.sql()
-            row = conn.execute(_NEW_ROWS.format(where=where), [before, last, *params]).fetchone()
-            whole, micro, pico = (int(v or 0) for v in row[1:])
-            spent += _Spend(int(row[0] or 0), whole * PICO + micro * 10**6 + pico)
-        self.increment = (last, spent)
-        return spent
-
-
-_meters: dict[tuple[str, _Spec], _Meter] = {}
-_meters_by_path: dict[str, list[_Meter]] = {}
-_meters_lock = threading.Lock()
-
-
-def _meter_for(path: str, spec: _Spec, zone: tzinfo) -> _Meter:
-    key = (path, spec)
-    meter = _meters.get(key)
-    if meter is None:
-        with _meters_lock:
-            meter = _meters.get(key)
-            if meter is None:
-                meter = _meters[key] = _Meter(path, spec, zone)
-                _meters_by_path.setdefault(path, []).append(meter)
-    return meter
-
-
 # --- the start-of-call check ----------------------------------------------------------
 
 
@@ -1004,12 +562,12 @@ def applicable(
 class _Estimate:
     """This call's estimated spend, worked out at most once per call."""
 
-    def __init__(self, estimate: Callable[[], _Spend | None] | None) -> None:
+    def __init__(self, estimate: Callable[[], Spend | None] | None) -> None:
         self._estimate = estimate
         self._done = False
-        self._value: _Spend | None = None
+        self._value: Spend | None = None
 
-    def get(self) -> _Spend | None:
+    def get(self) -> Spend | None:
         if not self._done:
             self._done = True
             self._value = self._estimate() if self._estimate is not None else None
@@ -1022,7 +580,7 @@ def check(
     *,
     db: Path | str | None = None,
     sessions: Sequence[UsageSession] = (),
-    estimate: Callable[[], _Spend | None] | None = None,
+    estimate: Callable[[], Spend | None] | None = None,
 ) -> None:
     """The start-of-call check, before the request is sent.
 
@@ -1043,7 +601,7 @@ def check(
         if not chosen:
             return
         path = log_path(db, sessions, settings)
-        log = _LogRead(path, settings)
+        log = LogRead(path, settings)
         guess = _Estimate(estimate)
         for budget in chosen:
             _check_one(budget, path, log, guess)
@@ -1057,7 +615,7 @@ def check(
         )
 
 
-def _check_one(budget: Budget, path: str, log: _LogRead, guess: _Estimate) -> None:
+def _check_one(budget: Budget, path: str, log: LogRead, guess: _Estimate) -> None:
     meter = budget._meter(path)
     now = budget.clock.now()
     spent, window = meter.view(now, log)
@@ -1074,13 +632,13 @@ def _check_one(budget: Budget, path: str, log: _LogRead, guess: _Estimate) -> No
             budget.clock.sleep(step)
             waited += step
             now = budget.clock.now()
-            spent, window = meter.view(now, _LogRead(path), fresh=True)
+            spent, window = meter.view(now, LogRead(path), fresh=True)
             if not budget._over(spent, extra):
                 return
     raise budget._exceeded(spent, window, now, extra, waited)
 
 
-def estimate_call(model: str | None, messages: Any, max_output_tokens: int | None) -> _Spend | None:
+def estimate_call(model: str | None, messages: Any, max_output_tokens: int | None) -> Spend | None:
     """A call's estimated spend for `include_estimate`: the prompt counted by
     `count_tokens`, plus `max_output_tokens` of output (the model's output limit when
     the call sets none), each at the model's price. None when it cannot be estimated."""
@@ -1101,7 +659,7 @@ def estimate_call(model: str | None, messages: Any, max_output_tokens: int | Non
             f"budget-estimate:{model}",
             f"no price for {model}: include_estimate budgets count only its tokens",
         )
-    return _Spend(guess.input_tokens + (guess.max_output_tokens or 0), _pico(cost))
+    return Spend(guess.input_tokens + (guess.max_output_tokens or 0), in_pico(cost))
 
 
 # --- alerts -------------------------------------------------------------------------------
@@ -1109,11 +667,11 @@ def estimate_call(model: str | None, messages: Any, max_output_tokens: int | Non
 
 def _alert(
     budget: Budget,
-    meter: _Meter,
-    spent: _Spend,
+    meter: Meter,
+    spent: Spend,
     window: Window,
     now: datetime,
-    log: _LogRead | None,
+    log: LogRead | None,
     *,
     shared: bool | None = None,
 ) -> None:
@@ -1131,13 +689,14 @@ def _alert(
     due = [m for m in budget._marks if m.key not in fired and (m.hourly or m.reached(spent))]
     if not due:
         return
-    hourly: _Spend | None = None
+    hourly: Spend | None = None
     if any(m.hourly for m in due):
         hourly, _ = budget._hourly_meter(meter.path).view(now, log)
         due = [m for m in due if not m.hourly or m.reached(hourly)]
     if shared is None:
         shared = log is not None and log.recording()
-    for mark in meter.claim(key, due):
+    fire = set(meter.claim(key, [m.key for m in due]))
+    for mark in (m for m in due if m.key in fire):
         alert = BudgetAlert(
             budget=budget.name,
             threshold=mark.key,
@@ -1175,19 +734,19 @@ def note(
     so their alerts fire for calls no handler checked (LlamaIndex's instrumentation).
     `settings` is the config file as just read.
     """
-    if not budgets and not _meters:
+    if not budgets and not any_meters():
         return  # no budget has been used in this process
     try:
         path = log_path(db, (), settings)
         for budget in budgets:
             budget._meter(path)
-        meters = _meters_by_path.get(path)
+        meters = meters_of(path)
         if not meters:
             return
         call = CallFacts.of_record(record)
         usage = record.usage
-        spend = _Spend(usage.input_tokens + usage.output_tokens, _pico(record.cost.total))
-        entry = _Entry(record.ts, record.run_id, spend, False)
+        spend = Spend(usage.input_tokens + usage.output_tokens, in_pico(record.cost.total))
+        entry = Entry(record.ts, record.run_id, spend, False)
         recording = config.telemetry_status(settings).enabled
         for meter in list(meters):
             if not _matches(meter.spec.scope, call):
@@ -1254,12 +813,12 @@ def status(
     for budget in budgets:
         moment = now or budget.clock.now()
         window = budget.window(moment)
-        spent = _NOTHING
+        spent = NOTHING
         if conn is not None:
-            spent = _spend_of(totals(conn, _filters(budget._spec, window.since)))
+            spent = logged_spend(conn, budget._spec, window.since)
         shares = []
         if budget.usd is not None:
-            shares.append(_percent(Decimal(spent.pico), Decimal(_pico(budget.usd))))
+            shares.append(_percent(Decimal(spent.pico), Decimal(in_pico(budget.usd))))
         if budget.tokens is not None:
             shares.append(_percent(Decimal(spent.tokens), Decimal(budget.tokens)))
         projected_usd = projected_tokens = None
@@ -1269,7 +828,7 @@ def status(
             projected_tokens = int(spent.tokens * factor)
         resets = window.end
         if budget.rate:
-            resets = moment + timedelta(seconds=_SECONDS[budget.period])
+            resets = moment + timedelta(seconds=SECONDS[budget.period])
         result.append(
             BudgetStatus(
                 budget,
@@ -1305,16 +864,3 @@ def remove_budget(name: str) -> Path:
     if len(kept) == len(tables):
         raise BudgetError(f"no budget named {name!r} in {config.config_path()}")
     return config.save_budget_tables(kept)
-
-
-def _after_fork_in_child() -> None:
-    # The parent's connections are not ours to use, and its pending records are its own.
-    global _meters_lock, _readers_lock
-    _meters_lock, _readers_lock = threading.Lock(), threading.Lock()
-    _readers.clear()
-    for meter in _meters.values():
-        meter.forget()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
