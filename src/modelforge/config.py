@@ -432,8 +432,11 @@ class TelemetryStatus:
     reason: str
 
 
-def telemetry_status() -> TelemetryStatus:
-    """Whether the usage log may be written, and which setting decided it."""
+def telemetry_status(settings: Settings | None = None) -> TelemetryStatus:
+    """Whether the usage log may be written, and which setting decided it.
+
+    `settings` saves reading the config file again for a caller that has just read it.
+    """
     env = os.environ.get("MODELFORGE_TELEMETRY")
     if env is not None and env.strip():
         try:
@@ -445,7 +448,7 @@ def telemetry_status() -> TelemetryStatus:
     dnt = os.environ.get("DO_NOT_TRACK", "").strip().lower()
     if dnt and dnt not in FALSE_WORDS:
         return TelemetryStatus(False, f"DO_NOT_TRACK={os.environ['DO_NOT_TRACK']}")
-    settings = load_settings()
+    settings = settings or load_settings()
     if settings.unreadable:
         # The file may say `telemetry = false`; without reading it we must assume so.
         return TelemetryStatus(
@@ -461,12 +464,12 @@ def telemetry_status() -> TelemetryStatus:
     return TelemetryStatus(True, "default")
 
 
-def default_db_path() -> Path:
+def default_db_path(settings: Settings | None = None) -> Path:
     """`MODELFORGE_DB`, else `db` from the config file, else the user data dir."""
     env = os.environ.get("MODELFORGE_DB")
     if env:
         return Path(env).expanduser()
-    settings = load_settings()
+    settings = settings or load_settings()
     if settings.db:
         return Path(settings.db).expanduser()
     return data_dir() / "usage.db"
