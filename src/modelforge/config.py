@@ -540,8 +540,10 @@ class TelemetryStatus:
 
 
 def telemetry_status(settings: Settings | None = None) -> TelemetryStatus:
-    """Whether the usage log may be written, and which setting decided it (`settings`:
-    the config file as just read, to save reading it again)."""
+    """Whether the usage log may be written, and which setting decided it.
+
+    `settings` saves reading the config file again for a caller that has just read it.
+    """
     env = os.environ.get("MODELFORGE_TELEMETRY")
     if env is not None and env.strip():
         try:
@@ -571,8 +573,10 @@ def telemetry_status(settings: Settings | None = None) -> TelemetryStatus:
 
 
 def default_db_path(settings: Settings | None = None) -> Path:
-    """`MODELFORGE_DB`, else `db` from the config file (`settings`, if just read), else
-    the user data dir."""
+    """`MODELFORGE_DB`, else `db` from the config file, else the user data dir.
+
+    `settings` saves reading the config file again for a caller that has just read it.
+    """
     home = os.environ.get("HOME")
     env = os.environ.get("MODELFORGE_DB")
     if env:

@@ -58,8 +58,7 @@ def deliver(
         count_anomalies(len(record.usage.anomalies))
     for session in stack:
         session.add(record)
-    if db is None:
-        db = next((s.db for s in reversed(stack) if s.db), None)
+    db = db or next((s.db for s in reversed(stack) if s.db), None)
     settings = config.load_settings()
     persisted = (
         persist and all(s.persist for s in stack) and config.telemetry_status(settings).enabled
@@ -68,16 +67,21 @@ def deliver(
     around = budgets.applicable((), stack, settings)
     budgets.note(record, db=db, persisted=persisted, budgets=around, settings=settings)
     if persisted:
-        # Imported here: the store pulls in sqlite-utils, which `import modelforge` skips.
-        from modelforge.store import get_log
-
-        get_log(db).submit(record)  # None: the default log, as configured now
+        _submit(record, db, settings)
     if _sinks and _first_time(record.run_id):
         for sink in list(_sinks):
             try:
                 sink(record)
             except Exception as exc:
                 report_error("sink", exc)
+
+
+def _submit(record: CallRecord, db: Path | str | None, settings: config.Settings) -> None:
+    """Queue `record` for its log (`db`, else the configured one)."""
+    # Imported here: the store imports sqlite3, which `import modelforge` skips.
+    from modelforge.store import get_log
+
+    get_log(db or config.default_db_path(settings)).submit(record)
 
 
 def _merge(a: tuple[UsageSession, ...], b: tuple[UsageSession, ...]) -> tuple[UsageSession, ...]:
