@@ -47,7 +47,6 @@ from modelforge import (
     BudgetExceededError,
     ModelForgeError,
     alerts,
-    budgets,
     config,
     flush_alerts,
     on_alert,
@@ -477,17 +476,13 @@ def test_alerts_on_tokens_usd_and_an_hourly_rate(
     for _ in range(3):  # each 10 tokens and $0.00007
         llm.invoke("q", config=_cb(handler))
         assert flush_alerts(10)
-    # The hourly rates are read at the start of a call, so one more check reads them.
-    budgets.check([budget], lambda: budgets.CallFacts(model="gpt-4o"))
-    assert flush_alerts(10)
     fired = {a.threshold: a for a in alerts_seen}
     assert sorted(fired) == ["$0.00013/h", "$1.0001", "15 tokens", "30 tokens/h"]
-    # After the second call: 20 tokens, $1 + $0.00014.
+    # At the end of the second call: 20 tokens, $1 + $0.00014, $0.00014 in the last hour.
     assert fired["15 tokens"].spent_tokens == 20
     assert fired["$1.0001"].spent_usd == Decimal("1.00014")
-    # Read at the start of the third call: two calls in the last hour.
     assert fired["$0.00013/h"].hourly_usd == Decimal("0.00014")
-    # Read by the last check: three calls.
+    # At the end of the third call: 30 tokens in the last hour, and in all.
     assert (fired["30 tokens/h"].hourly_tokens, fired["30 tokens/h"].spent_tokens) == (30, 30)
     message = fired["30 tokens/h"].message()
     assert message == (

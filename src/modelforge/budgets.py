@@ -748,16 +748,14 @@ def note(
         spend = Spend(usage.input_tokens + usage.output_tokens, in_pico(record.cost.total))
         entry = Entry(record.ts, record.run_id, spend, False)
         recording = config.telemetry_status(settings).enabled
-        for meter in list(meters):
-            if not _matches(meter.spec.scope, call):
-                continue
-            for budget in list(meter.budgets):
+        matched = [(m, list(m.budgets)) for m in meters if _matches(m.spec.scope, call)]
+        for meter, users in matched:  # every meter first, hourly-rate ones included
+            meter.add((users[0].clock if users else SYSTEM_CLOCK).now(), entry, persisted)
+        for meter, users in matched:
+            for budget in users:
                 now = budget.clock.now()
-                meter.add(now, entry, persisted)
                 spent, window = meter.view(now, None)
                 _alert(budget, meter, spent, window, now, None, shared=recording)
-            if not meter.budgets:  # an hourly-rate meter: no budget of its own
-                meter.add(SYSTEM_CLOCK.now(), entry, persisted)
     except Exception as exc:
         config.warn_once(
             f"budget-note:{type(exc).__name__}",
