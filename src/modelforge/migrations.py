@@ -321,7 +321,7 @@ def m005_context_window(db: sqlite3.Connection) -> None:
     db.execute('ALTER TABLE "calls" ADD COLUMN "context_used" INTEGER')
 
 
-def m005_alerts(db: sqlite3.Connection) -> None:
+def m006_alerts(db: sqlite3.Connection) -> None:
     """Budget alerts that have fired: one row per budget, period and threshold, so each
     fires once even when several processes share the log (the first INSERT wins)."""
     db.execute(
@@ -346,7 +346,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m003_rollup_by_triggers,
     m004_billed,
     m005_context_window,
-    m005_alerts,
+    m006_alerts,
 )
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)
 
