@@ -18,6 +18,8 @@ MODULES = [
     "modelforge.integrations.langchain",
     "modelforge.integrations.llamaindex",
     "modelforge.messages",
+    "modelforge.budgets",
+    "modelforge.alerts",
 ]
 
 

@@ -20,9 +20,6 @@ places), range 0.0549797 … 0.0920203. The month so far is 10 calls: $0.035.
 
 from __future__ import annotations
 
-import sys
-import types
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -134,50 +131,16 @@ def test_bad_options(conn: Any) -> None:
     assert forecast(conn, filters=Filters(agent="nobody"), now=NOW).total.usd.projected == 0
 
 
-@dataclass
-class StandInBudget:
-    """A budget as `modelforge.budgets` describes it (that module is not in this build)."""
+def test_budget_run_out_dates(conn: Any) -> None:
+    from modelforge.budgets import Budget, save_budget
 
-    name: str
-    usd: str
-    period: str
-    scope: dict[str, str] = field(default_factory=dict)
-    tokens: int | None = None
-
-
-@dataclass
-class StandInStatus:
-    """What `modelforge.budgets.status()` reports for a budget."""
-
-    budget: StandInBudget
-    spent_usd: Decimal
-    spent_tokens: int
-    resets_at: datetime | None
-
-
-def test_budget_run_out_dates(conn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    december = datetime(2026, 12, 1, tzinfo=timezone.utc)
-    standings = [
-        # this month: the 10 calls, $0.035 and 11,000 tokens
-        StandInStatus(
-            StandInBudget("month-cap", "0.05", "month"), Decimal("0.035"), 11000, december
-        ),
-        StandInStatus(StandInBudget("roomy", "1", "month"), Decimal("0.035"), 11000, december),
-        # planner today: one call, $0.0035
-        StandInStatus(
-            StandInBudget("planner-daily", "0.003", "day", {"agent": "planner"}),
-            Decimal("0.0035"),
-            1100,
-            datetime(2026, 11, 21, tzinfo=timezone.utc),
-        ),
-    ]
-    budgets = types.ModuleType("modelforge.budgets")
-    budgets.configured = lambda: [s.budget for s in standings]  # type: ignore[attr-defined]
-    budgets.status = lambda conn, configured, now: standings  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "modelforge.budgets", budgets)
+    save_budget(Budget(usd="0.05", period="month", name="month-cap"))
+    save_budget(Budget(usd="1", period="month", name="roomy"))
+    save_budget(Budget(usd="0.003", period="day", name="planner-daily", scope={"agent": "planner"}))
     run_outs = {b.name: b for b in forecast(conn, days=4, now=NOW).budgets}
-    # month-cap: 0.05 − 0.035 spent = 0.015 left at 0.007 a day: 2 1/7 days from now
+    # month-cap: 0.05 − 0.035 spent this month = 0.015 left at 0.007 a day: 2 1/7 days
     cap = run_outs["month-cap"]
+    assert cap.spent_usd == Decimal("0.035")
     assert cap.runs_out is not None
     assert abs(cap.runs_out - (NOW + timedelta(days=15 / 7))) < timedelta(seconds=1)
     assert run_outs["roomy"].runs_out is None  # lasts past the month's end

@@ -56,7 +56,8 @@ def test_new_log_is_private_wal_and_migrated(tmp_path: Path) -> None:
     names = [
         name
         for (name,) in _query(
-            path, "SELECT name FROM _sqlite_migrations WHERE migration_set = 'modelforge'"
+            path,
+            "SELECT name FROM _sqlite_migrations WHERE migration_set = 'modelforge' ORDER BY id",
         )
     ]
     assert names[0] == "m001_create_calls"

@@ -8,14 +8,10 @@ call here is 1000 in / 100 out: gpt-4o $0.0035, gpt-4o-mini $0.00021.
 from __future__ import annotations
 
 import sqlite3
-import sys
-import types
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from modelforge.cli import cli
@@ -154,30 +150,12 @@ def test_a_missing_log_is_waited_for(tmp_path: Path) -> None:
     assert frame.exists and frame.totals.calls == 1
 
 
-def test_budget_bars_when_budgets_are_configured(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_budget_bars_when_budgets_are_configured(tmp_path: Path) -> None:
+    from modelforge.budgets import Budget, save_budget
+
     path = _team_log(tmp_path / "usage.db")
-    assert "Budgets" not in _frame("--db", str(path))  # no budgets module in this build
-
-    @dataclass
-    class Budget:  # as modelforge.budgets describes one
-        name: str
-        usd: str | None
-        tokens: int | None
-        scope: dict[str, str]
-
-    @dataclass
-    class Standing:  # as modelforge.budgets.status() reports it
-        budget: Budget
-        spent_usd: Decimal
-        spent_tokens: int
-        resets_at: datetime | None
-
-    standings = [Standing(Budget("team-daily", "0.01", None, {}), Decimal("0.007"), 4400, None)]
-    budgets = types.ModuleType("modelforge.budgets")
-    budgets.configured = lambda: [s.budget for s in standings]  # type: ignore[attr-defined]
-    budgets.status = lambda conn, configured, now: standings  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "modelforge.budgets", budgets)
-    line = next(line for line in _frame("--db", str(path)).splitlines() if "team-daily" in line)
-    assert "$0.007 (70%)" in line and "$0.01" in line  # 0.007 of 0.01
+    assert "Budgets" not in _frame("--db", str(path))  # none configured
+    save_budget(Budget(usd="0.02", period="total", name="team-total"))
+    line = next(line for line in _frame("--db", str(path)).splitlines() if "team-total" in line)
+    # every call so far: gpt-4o 3 × 0.0035 + gpt-4o-mini 0.00021 = 0.01071 of 0.02 (54%)
+    assert "$0.01 (54%)" in line and "$0.02" in line

@@ -36,6 +36,12 @@ _EXPORTS = {
     "TokenCount": "modelforge.tokens",
     "ContextCheck": "modelforge.tokens",
     "CostEstimate": "modelforge.tokens",
+    "Budget": "modelforge.budgets",
+    "BudgetAlert": "modelforge.alerts",
+    "on_alert": "modelforge.alerts",
+    "flush_alerts": "modelforge.alerts",
+    "BudgetError": "modelforge.errors",
+    "BudgetExceededError": "modelforge.errors",
     "ModelForgeError": "modelforge.errors",
     "UnknownModelError": "modelforge.errors",
     "PriceTableError": "modelforge.errors",
@@ -47,6 +53,10 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Budget",
+    "BudgetAlert",
+    "BudgetError",
+    "BudgetExceededError",
     "CallRecord",
     "ConfigError",
     "ContextCheck",
@@ -69,6 +79,8 @@ __all__ = [
     "estimate_cost",
     "extract_usage",
     "flush",
+    "flush_alerts",
+    "on_alert",
     "on_record",
     "price",
     "stats",
@@ -76,7 +88,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from modelforge.alerts import BudgetAlert, flush_alerts, on_alert
+    from modelforge.budgets import Budget
     from modelforge.errors import (
+        BudgetError,
+        BudgetExceededError,
         ConfigError,
         ContextWindowExceededError,
         ModelForgeError,

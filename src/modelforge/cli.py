@@ -1370,6 +1370,186 @@ def telemetry_status() -> None:
         click.echo(f"Range:     {info.first_ts} … {info.last_ts}")
 
 
+# --- budget ---------------------------------------------------------------------------
+
+
+@cli.group()
+def budget() -> None:
+    """Budgets in config.toml: limits on spend, checked before every call, with alerts.
+
+    A budget set here ([[budget]] in config.toml) applies to every handler and every
+    track_usage() block. See docs/budgets.md.
+    """
+
+
+@budget.command("set")
+@click.argument("name")
+@click.option("--usd", help="Limit in USD, e.g. 5 or 0.50.")
+@click.option("--tokens", type=click.IntRange(min=0), help="Limit in tokens (input + output).")
+@click.option(
+    "--per",
+    "period",
+    default="day",
+    show_default=True,
+    help="Period: minute, hour, day, week, month or total (calendar periods, UTC by default).",
+)
+@click.option(
+    "--scope",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only calls with this model (a glob), provider, agent, tag or attribute; repeatable.",
+)
+@click.option(
+    "--action",
+    default="warn",
+    show_default=True,
+    help="warn (alerts only), block (stop calls before they are sent) or throttle.",
+)
+@click.option("--tz", help="IANA time zone of the period's boundaries, e.g. Europe/Paris.")
+@click.option("--rate", is_flag=True, help="Count a rolling window of one period instead.")
+@click.option(
+    "--threshold",
+    "thresholds",
+    multiple=True,
+    help="When alerts fire: 80%, $2.50, '1000000 tokens', $1/h; repeatable "
+    "(default 50%, 80%, 100%).",
+)
+@click.option(
+    "--include-estimate",
+    is_flag=True,
+    help="Also block a call whose estimate would pass the limit.",
+)
+@click.option("--webhook", help="POST each alert as JSON to this URL.")
+@handle_errors
+def budget_set(
+    name: str,
+    usd: str | None,
+    tokens: int | None,
+    period: str,
+    scope: tuple[str, ...],
+    action: str,
+    tz: str | None,
+    rate: bool,
+    thresholds: tuple[str, ...],
+    include_estimate: bool,
+    webhook: str | None,
+) -> None:
+    """Add the budget NAME to config.toml, or replace it.
+
+    \b
+    Examples:
+      modelforge budget set research-daily --usd 5 --per day --scope agent=researcher --action block
+      modelforge budget set tokens-monthly --tokens 2000000 --per month
+    """
+    from modelforge.budgets import Budget, save_budget
+    from modelforge.errors import BudgetError
+
+    try:
+        pairs = [item.partition("=") for item in scope]
+        if any(not key or not sep for key, sep, _ in pairs):
+            raise BudgetError(f"--scope: expected KEY=VALUE, got {scope!r}")
+        made = Budget(
+            usd=usd,
+            tokens=tokens,
+            period=period,
+            action=action,
+            name=name,
+            scope={key: value for key, _, value in pairs},
+            tz=tz,
+            rate=rate or None,
+            include_estimate=include_estimate,
+            thresholds=thresholds or None,
+            webhook=webhook,
+        )
+    except BudgetError as exc:
+        raise click.UsageError(str(exc)) from None
+    path = save_budget(made)
+    click.echo(f"Saved {made!r} in {path}.")
+
+
+@budget.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@handle_errors
+def budget_list(as_json: bool) -> None:
+    """List the budgets in config.toml (and any it ignores, with why)."""
+    from modelforge.budgets import configured
+
+    budgets = configured()
+    if as_json:
+        click.echo(json.dumps([b.as_table() for b in budgets], indent=2))
+    for made in budgets:
+        if not as_json:
+            click.echo(repr(made))
+    settings = config.load_settings(warn=False)
+    for name, line in config.describe_problems(settings).items():
+        if name.startswith("budget"):
+            click.echo(f"Warning: {line}", err=True)
+    if not budgets and not as_json:
+        click.echo(f"No budgets in {config.config_path()}.")
+
+
+@budget.command("rm")
+@click.argument("name")
+@handle_errors
+def budget_rm(name: str) -> None:
+    """Remove the budget NAME from config.toml."""
+    from modelforge.budgets import remove_budget
+
+    path = remove_budget(name)
+    click.echo(f"Removed budget {name!r} from {path}.")
+
+
+@budget.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@db_option
+@handle_errors
+def budget_status(as_json: bool, db: Path | None) -> None:
+    """Where each budget in config.toml stands: spent, limit, % used, when the period
+    resets, and a straight-line projection of the spend to the period's end.
+
+    \b
+    Example:
+      modelforge budget status --json
+    """
+    from modelforge.budgets import configured, status
+
+    rows = status(_open_log(db), configured())
+    if as_json:
+        click.echo(json.dumps([row.as_json() for row in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"No budgets in {config.config_path()}.")
+        return
+    from rich.table import Table
+
+    table = Table()
+    for title in ("Budget", "Action", "Spent", "Limit", "Used", "Resets (UTC)", "Projected"):
+        table.add_column(title, justify="left" if title in ("Budget", "Action") else "right")
+    for row in rows:
+        made = row.budget
+        spent, limit, projected = [], [], []
+        if made.usd is not None:
+            spent.append(_money(row.spent_usd))
+            limit.append(_money(made.usd))
+            projected.append(_money(row.projected_usd))
+        if made.tokens is not None:
+            spent.append(f"{row.spent_tokens:,} tok")
+            limit.append(f"{made.tokens:,} tok")
+            tokens = row.projected_tokens
+            projected.append("—" if tokens is None else f"{tokens:,} tok")
+        resets = row.resets_at.strftime("%Y-%m-%d %H:%M") if row.resets_at else "never"
+        table.add_row(
+            made.name,
+            made.action,
+            " / ".join(spent),
+            " / ".join(limit),
+            f"{row.used_percent}%",
+            resets,
+            " / ".join(projected),
+        )
+    _console().print(table)
+
+
 # --- reconcile ------------------------------------------------------------------------
 
 

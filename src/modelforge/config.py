@@ -6,6 +6,7 @@ default. The config file is `config.toml` in the platformdirs user config dir.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -34,13 +35,31 @@ logger = logging.getLogger("modelforge")
 
 
 def _dir(env_var: str, kind: str) -> Path:
+    # Every call's settings lookup comes here, so the paths are worked out once per
+    # value of the variables they depend on.
+    home = os.environ.get("HOME")
     explicit = os.environ.get(env_var)
     if explicit:
-        return Path(explicit).expanduser()
+        return _expanded(explicit, home)
+    return _platform_dir(kind, os.environ.get(f"XDG_{kind.upper()}_HOME"), home)
+
+
+@functools.lru_cache(maxsize=64)
+def _expanded(path: str, home: str | None) -> Path:
+    return Path(path).expanduser()
+
+
+@functools.lru_cache(maxsize=64)
+def _platform_dir(kind: str, xdg: str | None, home: str | None) -> Path:
     import platformdirs
 
     finder = getattr(platformdirs, f"user_{kind}_dir")
     return Path(finder(APP_NAME, appauthor=False))
+
+
+@functools.lru_cache(maxsize=64)
+def _file_in(directory: Path, name: str) -> Path:
+    return directory / name
 
 
 def config_dir() -> Path:
@@ -56,7 +75,7 @@ def data_dir() -> Path:
 
 
 def config_path() -> Path:
-    return config_dir() / "config.toml"
+    return _file_in(config_dir(), "config.toml")
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,7 @@ class Settings:
     retention_days: int | None = None
     metadata_keys: tuple[str, ...] = DEFAULT_METADATA_KEYS
     azure_deployments: dict[str, str] = field(default_factory=dict)
+    budgets: tuple[Any, ...] = ()  # `modelforge.budgets.Budget`s, from [[budget]] tables
     unreadable: str | None = None
     problems: dict[str, ConfigError] = field(default_factory=dict)
 
@@ -133,7 +153,7 @@ _SETTINGS = {
         "azure", "azure_deployments", _read_deployments, "a table of deployment = model strings"
     ),
 }
-_KNOWN_KEYS = frozenset(setting.key for setting in _SETTINGS.values())
+_KNOWN_KEYS = frozenset(setting.key for setting in _SETTINGS.values()) | {"budget"}
 
 
 def parse_settings(raw: dict[str, Any], where: str) -> Settings:
@@ -152,6 +172,8 @@ def parse_settings(raw: dict[str, Any], where: str) -> Settings:
                 problems[name] = ConfigError(f"{where}: {name}", f"must be {setting.wanted}")
             else:
                 values[setting.attr] = value
+    budgets, budget_problems = parse_budgets(raw.get("budget"), where)
+    problems.update(budget_problems)
     for key in raw:
         if key not in _KNOWN_KEYS:
             problems[key] = ConfigError(f"{where}: {key}", "unknown setting")
@@ -163,7 +185,87 @@ def parse_settings(raw: dict[str, Any], where: str) -> Settings:
             f"{where}: telemetry",
             f"is inside [{table}], where it does nothing; move it above the first [table]",
         )
-    return Settings(**values, problems=problems)
+    return Settings(**values, budgets=budgets, problems=problems)
+
+
+# --- budgets ([[budget]] tables) ----------------------------------------------------------
+
+
+def parse_budgets(tables: Any, where: str) -> tuple[tuple[Any, ...], dict[str, ConfigError]]:
+    """The `[[budget]]` tables as `Budget`s; a bad one is left out, its error kept (named
+    by the file and the budget) like any other setting's."""
+    from modelforge.budgets import Budget
+    from modelforge.errors import BudgetError
+
+    if tables is None:
+        return (), {}
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        return (), {"budget": ConfigError(f"{where}: budget", "must be [[budget]] tables")}
+    budgets: dict[str, Any] = {}
+    problems: dict[str, ConfigError] = {}
+    for n, table in enumerate(tables):
+        label = f"budget {table.get('name', n + 1)!r}"
+        try:
+            budget = Budget.from_table(table)
+        except BudgetError as exc:
+            problems[label] = ConfigError(f"{where}: {label}", str(exc))
+            continue
+        if budget.name in budgets:
+            problems[label] = ConfigError(f"{where}: {label}", "another [[budget]] has this name")
+            continue
+        budgets[budget.name] = budget
+    return tuple(budgets.values()), problems
+
+
+def saved_budget_tables() -> list[dict[str, Any]]:
+    """The `[[budget]]` tables as config.toml has them now; ConfigError if unreadable."""
+    path = config_path()
+    try:
+        tables = tomllib.loads(path.read_text(encoding="utf-8")).get("budget", [])
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(
+            str(path), f"cannot read the config file: {describe_file_error(exc)}"
+        ) from None
+    return [t for t in tables if isinstance(t, dict)] if isinstance(tables, list) else []
+
+
+_BUDGET_HEADER = re.compile(r"^\s*\[\[\s*(?:budget|\"budget\"|'budget')\s*\]\]")
+
+
+def save_budget_tables(tables: list[dict[str, Any]]) -> Path:
+    """Replace config.toml's `[[budget]]` tables, keeping everything else as it is."""
+    global _generation
+    path = config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
+    except FileNotFoundError:
+        text, raw = "", {}
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(
+            str(path), f"cannot change the config file: {describe_file_error(exc)}"
+        ) from None
+    raw.pop("budget", None)
+    if tables:
+        raw["budget"] = tables
+    kept, inside = [], False
+    for line in text.splitlines(keepends=True):
+        if _TABLE_HEADER.match(line):
+            inside = bool(_BUDGET_HEADER.match(line))
+        if not inside:
+            kept.append(line)
+    edited = "".join(kept).rstrip("\n")
+    for table in tables:
+        body = "".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in table.items())
+        edited += f"\n\n[[budget]]\n{body}"
+    edited = edited.lstrip("\n") + ("" if edited.endswith("\n") else "\n")
+    if not _parses_to(edited, raw):
+        raise ConfigError(str(path), "cannot change [[budget]] safely; edit the file by hand")
+    _write_atomic(path, edited)
+    _generation += 1
+    return path
 
 
 def _table_holding(raw: dict[str, Any], key: str) -> str | None:
@@ -190,6 +292,8 @@ def _dotted(path: tuple[Any, ...]) -> str:
 
 
 _cache_lock = threading.Lock()
+# What every call without a config file gets: one instance, never changed.
+_NO_FILE = Settings()
 _cached: tuple[tuple[str, int, int], Settings] | None = None
 _warned: set[str] = set()
 
@@ -208,7 +312,7 @@ def load_settings(*, strict: bool = False, warn: bool = True) -> Settings:
     try:
         info = path.stat()
     except (FileNotFoundError, NotADirectoryError):
-        return Settings()
+        return _NO_FILE
     except OSError as exc:
         # We cannot see whether the file says `telemetry = false`: fail closed.
         settings = _unreadable(path, (str(path), -1, -1), exc, warn)
@@ -413,6 +517,9 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table: a budget's scope
+        pairs = (f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
     return json.dumps(str(value))
 
 
@@ -432,8 +539,11 @@ class TelemetryStatus:
     reason: str
 
 
-def telemetry_status() -> TelemetryStatus:
-    """Whether the usage log may be written, and which setting decided it."""
+def telemetry_status(settings: Settings | None = None) -> TelemetryStatus:
+    """Whether the usage log may be written, and which setting decided it.
+
+    `settings` saves reading the config file again for a caller that has just read it.
+    """
     env = os.environ.get("MODELFORGE_TELEMETRY")
     if env is not None and env.strip():
         try:
@@ -445,7 +555,8 @@ def telemetry_status() -> TelemetryStatus:
     dnt = os.environ.get("DO_NOT_TRACK", "").strip().lower()
     if dnt and dnt not in FALSE_WORDS:
         return TelemetryStatus(False, f"DO_NOT_TRACK={os.environ['DO_NOT_TRACK']}")
-    settings = load_settings()
+    if settings is None:
+        settings = load_settings()
     if settings.unreadable:
         # The file may say `telemetry = false`; without reading it we must assume so.
         return TelemetryStatus(
@@ -461,15 +572,20 @@ def telemetry_status() -> TelemetryStatus:
     return TelemetryStatus(True, "default")
 
 
-def default_db_path() -> Path:
-    """`MODELFORGE_DB`, else `db` from the config file, else the user data dir."""
+def default_db_path(settings: Settings | None = None) -> Path:
+    """`MODELFORGE_DB`, else `db` from the config file, else the user data dir.
+
+    `settings` saves reading the config file again for a caller that has just read it.
+    """
+    home = os.environ.get("HOME")
     env = os.environ.get("MODELFORGE_DB")
     if env:
-        return Path(env).expanduser()
-    settings = load_settings()
+        return _expanded(env, home)
+    if settings is None:
+        settings = load_settings()
     if settings.db:
-        return Path(settings.db).expanduser()
-    return data_dir() / "usage.db"
+        return _expanded(settings.db, home)
+    return _file_in(data_dir(), "usage.db")
 
 
 def db_path_origin(path: Path) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 
 class ModelForgeError(Exception):
@@ -85,6 +88,41 @@ class ContextWindowExceededError(ModelForgeError):
         if max_output_tokens:
             wanted += f" + {max_output_tokens:,} max output tokens"
         super().__init__(f"{model}: {wanted} exceed its context window of {limit:,} tokens")
+
+
+class BudgetError(ModelForgeError, ValueError):
+    """A budget definition (in code, config.toml or `modelforge budget set`) is invalid."""
+
+
+class BudgetExceededError(ModelForgeError):
+    """A `block` budget (or a `throttle` that waited its longest) stopped a call before its
+    request was sent: the one deliberate exception to "never break the user's call",
+    beside the context-window guard.
+
+    `budget` is the `Budget`; `spent` is what the calls it covers have spent this period,
+    in its unit (a `Decimal` of USD for a USD budget, else tokens), with both figures in
+    `spent_usd` and `spent_tokens`; `resets_at` is when the period ends (an aware
+    `datetime`, None for a `total` budget; for a rolling window, when everything spent
+    in it so far has left it).
+    """
+
+    def __init__(
+        self,
+        budget: Any,
+        spent_usd: Decimal,
+        spent_tokens: int,
+        resets_at: datetime | None,
+        message: str,
+    ) -> None:
+        self.budget = budget
+        self.spent_usd = spent_usd
+        self.spent_tokens = spent_tokens
+        self.resets_at = resets_at
+        super().__init__(message)
+
+    @property
+    def spent(self) -> Decimal | int:
+        return self.spent_usd if self.budget.usd is not None else self.spent_tokens
 
 
 class UnsupportedMessageError(ModelForgeError, TypeError):

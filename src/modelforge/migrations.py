@@ -321,6 +321,24 @@ def m005_context_window(db: sqlite3.Connection) -> None:
     db.execute('ALTER TABLE "calls" ADD COLUMN "context_used" INTEGER')
 
 
+def m006_alerts(db: sqlite3.Connection) -> None:
+    """Budget alerts that have fired: one row per budget, period and threshold, so each
+    fires once even when several processes share the log (the first INSERT wins)."""
+    db.execute(
+        """CREATE TABLE "alerts" (
+   "budget" TEXT NOT NULL,
+   "period_start" TEXT NOT NULL,
+   "threshold" TEXT NOT NULL,
+   "fired_at" TEXT NOT NULL,
+   "spent_usd" TEXT,
+   "spent_tokens" INTEGER,
+   "limit_usd" TEXT,
+   "limit_tokens" INTEGER,
+   PRIMARY KEY ("budget", "period_start", "threshold")
+) WITHOUT ROWID"""
+    )
+
+
 def m007_daily_rollup_and_session_index(db: sqlite3.Connection) -> None:
     """Daily totals kept by triggers on the hourly rollup, each day's peak context use,
     and an index on the `session` attribute.
@@ -528,6 +546,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m003_rollup_by_triggers,
     m004_billed,
     m005_context_window,
+    m006_alerts,
     m007_daily_rollup_and_session_index,
 )
 MIGRATION_NAMES = tuple(m.__name__ for m in MIGRATIONS)

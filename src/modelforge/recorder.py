@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelforge import config, hooks
+from modelforge import budgets, config, hooks
 from modelforge.records import CallRecord, clean_attrs
 from modelforge.session import current_sessions
 
@@ -62,13 +62,16 @@ def deliver(
         count_anomalies(len(record.usage.anomalies))
     for session in stack:
         session.add(record)
-    if persist and all(s.persist for s in stack) and config.telemetry_status().enabled:
-        # Imported here: the store pulls in sqlite-utils, which `import modelforge` skips.
-        from modelforge.store import get_log
-
-        if db is None:
-            db = next((s.db for s in reversed(stack) if s.db), None)
-        get_log(db).submit(record)  # None: the default log, as configured now
+    db = db or next((s.db for s in reversed(stack) if s.db), None)
+    settings = config.load_settings()
+    persisted = (
+        persist and all(s.persist for s in stack) and config.telemetry_status(settings).enabled
+    )
+    # Before the log may have it, so no budget counts it twice or not at all.
+    around = budgets.applicable((), stack, settings)
+    budgets.note(record, db=db, persisted=persisted, budgets=around, settings=settings)
+    if persisted:
+        _submit(record, db, settings)
     if (_sinks or hooks.active()) and _first_time(record.run_id):
         for sink in list(_sinks):
             try:
@@ -77,6 +80,14 @@ def deliver(
                 report_error("sink", exc)
         if hooks.active():
             hooks.dispatch(record)
+
+
+def _submit(record: CallRecord, db: Path | str | None, settings: config.Settings) -> None:
+    """Queue `record` for its log (`db`, else the configured one)."""
+    # Imported here: the store imports sqlite3, which `import modelforge` skips.
+    from modelforge.store import get_log
+
+    get_log(db or config.default_db_path(settings)).submit(record)
 
 
 def _merge(a: tuple[UsageSession, ...], b: tuple[UsageSession, ...]) -> tuple[UsageSession, ...]:

@@ -667,6 +667,12 @@ def _utc(slot: str) -> datetime:
     return datetime.fromisoformat(slot).replace(tzinfo=timezone.utc)
 
 
+def totals(conn: sqlite3.Connection, filters: Filters) -> dict[str, Any]:
+    """One row of sums (calls, tokens, `cost_usd`…) over the calls `filters` picks, from
+    the rollup where it can answer (budgets read their spend this way)."""
+    return _as_row(aggregate(conn, [], filters).get((), [0] * len(_SUM_NAMES)))
+
+
 def _as_row(sums: Sums) -> dict[str, Any]:
     row: dict[str, Any] = dict(zip(_SUM_NAMES, sums))
     cost = from_parts(row.pop("cost_whole"), row.pop("cost_micro"), row.pop("cost_pico"))

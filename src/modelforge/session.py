@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelforge.errors import ModelForgeError
 from modelforge.records import CallRecord, clean_attrs
 from modelforge.usage import Usage
+
+if TYPE_CHECKING:
+    from modelforge.budgets import Budget
 
 _sessions: ContextVar[tuple[UsageSession, ...]] = ContextVar("modelforge_sessions", default=())
 
@@ -87,11 +90,13 @@ class UsageSession:
         persist: bool = True,
         db: Path | str | None = None,
         guard_context: bool = False,
+        budgets: Sequence[Budget] = (),
     ) -> None:
         self.attrs = clean_attrs(attrs)
         self.persist = persist
         self.db = db
         self.guard_context = guard_context
+        self.budgets = tuple(budgets)
         self.calls: list[CallRecord] = []
         self.prior: list[PriorGroup] = []
         self.started_at: datetime = datetime.now(timezone.utc)
@@ -310,7 +315,8 @@ class track_usage:
     `llamaindex` (True also turns on LlamaIndex instrumentation), `guard_context`
     (True raises `ContextWindowExceededError` before sending a LangChain call, or a
     LlamaIndex call that a `LlamaIndexCallbackHandler` sees, whose prompt cannot fit
-    the model's context window) and `resume`.
+    the model's context window), `budgets` (`Budget`s checked before every call in
+    the block, see docs/budgets.md) and `resume`.
 
     Two attributes mean more: `agent="x"` names the agent of every call that does not
     name its own (a LangGraph node does), so `modelforge usage --by agent` sees it; and
@@ -332,12 +338,15 @@ class track_usage:
         db: Path | str | None = None,
         llamaindex: bool = False,
         guard_context: bool = False,
+        budgets: Sequence[Budget] = (),
         resume: bool = False,
         **attrs: Any,
     ) -> None:
         if resume and not attrs.get("session"):
             raise ResumeError('resume=True needs the session to resume: session="name"')
-        self.session = UsageSession(attrs, persist=persist, db=db, guard_context=guard_context)
+        self.session = UsageSession(
+            attrs, persist=persist, db=db, guard_context=guard_context, budgets=budgets
+        )
         self._llamaindex = llamaindex
         self._resume = str(attrs["session"]) if resume else None
         self._token: Token[tuple[UsageSession, ...]] | None = None

@@ -135,10 +135,10 @@ def insert_rows(conn: sqlite3.Connection, rows: Iterable[Mapping[str, Any]]) -> 
         for columns, group in by_columns.items():
             sql = (
                 f"INSERT INTO calls ({', '.join(columns)}) "
-                f"VALUES ({', '.join(':' + c for c in columns)}) "
-                "ON CONFLICT (run_id) DO NOTHING"
+                f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT (run_id) DO NOTHING"
             )
-            inserted += conn.executemany(sql, group).rowcount
+            # The rows of a group name the same columns in the same order.
+            inserted += conn.executemany(sql, [tuple(row.values()) for row in group]).rowcount
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

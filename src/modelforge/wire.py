@@ -717,6 +717,7 @@ class _State:
         self.replies: list[Reply] = []
         self.requests: list[JSON] = []
         self.billing = _Billing()
+        self.webhook = _Webhook()
 
     def take(self, model: Any) -> Reply:
         with self.lock:
@@ -728,6 +729,20 @@ class _State:
     def record(self, entry: JSON) -> None:
         with self.lock:
             self.requests.append(entry)
+
+
+@dataclass
+class _Webhook:
+    """How `/hooks/…` answers: alert webhooks under test."""
+
+    status: int = 204
+    hold: threading.Event | None = None
+    answered: int = 0
+
+
+WEBHOOK_PREFIX = "/hooks/"
+# The longest a held webhook waits for its release.
+_WEBHOOK_HOLD = 30.0
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -785,6 +800,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")
 
+    def _answer_webhook(self) -> None:
+        hook = self._state.webhook
+        if hook.hold is not None:
+            hook.hold.wait(_WEBHOOK_HOLD)
+        with self._state.lock:
+            hook.answered += 1
+        self._send_json(hook.status, {"ok": hook.status < 400})
+
     def _headers(self) -> dict[str, str]:
         return {key.lower(): value for key, value in self.headers.items()}
 
@@ -817,6 +840,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._state.record(
             {"method": "POST", "path": path, "body": body, "headers": self._headers()}
         )
+        if path.startswith(WEBHOOK_PREFIX):
+            self._answer_webhook()
+            return
         route, style, path_model = _post_route(path)
         if route is None:
             self._send_json(404, _styled_error_body(style, 404, f"Unknown path {path}"))
@@ -961,9 +987,30 @@ class WireServer:
         with self._state.lock:
             self._state.billing.key = key
 
+    @property
+    def webhook_url(self) -> str:
+        """Where alert webhooks can be sent (`script_webhook` says how they are answered)."""
+        return f"{self.base_url}{WEBHOOK_PREFIX}budget"
+
+    def script_webhook(self, status: int = 204, hold: threading.Event | None = None) -> None:
+        """Answer POSTs to `/hooks/…` with `status`, each first waiting for `hold` (when
+        given) to be set, for at most 30 s."""
+        with self._state.lock:
+            self._state.webhook = _Webhook(status, hold)
+
+    @property
+    def webhooks_answered(self) -> int:
+        """How many webhook POSTs have had their answer."""
+        with self._state.lock:
+            return self._state.webhook.answered
+
     def reset(self) -> None:
-        """Forget queued replies, recorded requests and scripted billing."""
+        """Forget queued replies, recorded requests, scripted billing and webhooks."""
         with self._state.lock:
             self._state.replies.clear()
             self._state.requests.clear()
             self._state.billing = _Billing()
+            hold = self._state.webhook.hold
+            self._state.webhook = _Webhook()
+        if hold is not None:
+            hold.set()  # a webhook still held from a finished test

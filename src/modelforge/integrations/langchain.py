@@ -30,13 +30,14 @@ try:
 except ModuleNotFoundError as exc:
     raise missing_extra(exc, "langchain") from exc
 
-from modelforge import config, recorder
+from modelforge import budgets, config, recorder
+from modelforge.budgets import Budget, CallFacts
 from modelforge.context_guard import guard_call, max_output_tokens
 from modelforge.errors import ContextWindowExceededError
 from modelforge.estimate import HeldPrompt, text_of
 from modelforge.providers import provider_of_class
 from modelforge.records import CallRecord, clean_attrs, clean_tags, elapsed_ms, price_call, utc_now
-from modelforge.session import UsageSession, guarding
+from modelforge.session import UsageSession, current_sessions, guarding
 from modelforge.usage import Usage, extract_usage, from_langchain, recorded_tier
 
 __all__ = ["UsageCallbackHandler"]
@@ -69,8 +70,10 @@ class UsageCallbackHandler(BaseCallbackHandler):
 
     Pass it as a callback (`config={"callbacks": [handler]}` or `callbacks=[handler]`
     on the model); it works for sync and async calls, streams, batches, chains,
-    agents and LangGraph graphs. It never raises into your code, except on purpose
-    with `guard_context=True`.
+    agents and LangGraph graphs. It never raises into your code, except on purpose,
+    before a request is sent: with `guard_context=True`, and with
+    `BudgetExceededError` from a `block` budget (its own, its sessions' or
+    config.toml's) that has been reached.
 
     Args:
         persist: False keeps records out of the SQLite log (sessions still see them).
@@ -82,9 +85,9 @@ class UsageCallbackHandler(BaseCallbackHandler):
         guard_context: True raises `ContextWindowExceededError` before a request is
             sent when its prompt, plus the output it asks for (`max_tokens`), does not
             fit the model's context window.
+        budgets: `Budget`s checked at the start of every call (docs/budgets.md).
     """
 
-    raise_error = False
     run_inline = True  # our work is tiny; running inline avoids an executor hop
 
     def __init__(
@@ -96,12 +99,11 @@ class UsageCallbackHandler(BaseCallbackHandler):
         sessions: Iterable[UsageSession] = (),
         abandon_after: float = ABANDON_AFTER,
         guard_context: bool = False,
+        budgets: Iterable[Budget] = (),
     ) -> None:
         super().__init__()
         self.guard_context = guard_context
-        # LangChain lets a handler's error reach the caller only when `raise_error` is
-        # set; every other error of ours is still caught where it happens.
-        self.raise_error = guard_context
+        self.budgets = tuple(budgets)
         self.persist = persist
         self.abandon_after = abandon_after
         self.db = db
@@ -129,6 +131,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
     ) -> None:
         if self.guard_context:
             self._guard_context(serialized, messages, metadata, kwargs)
+        self._check_budgets(serialized, messages, tags, metadata, kwargs)
         try:
             self._start(run_id, parent_run_id, serialized, messages, tags, metadata, kwargs, "chat")
         except Exception as exc:
@@ -147,6 +150,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
     ) -> None:
         if self.guard_context:
             self._guard_context(serialized, prompts, metadata, kwargs)
+        self._check_budgets(serialized, prompts, tags, metadata, kwargs)
         try:
             self._start(
                 run_id, parent_run_id, serialized, prompts, tags, metadata, kwargs, "completion"
@@ -272,7 +276,7 @@ class UsageCallbackHandler(BaseCallbackHandler):
         params = kwargs.get("invocation_params") or {}
         model = _requested_model(metadata, params)
         provider = metadata.get("ls_provider") or _provider_from_class(serialized)
-        agent = metadata.get("langgraph_node") or metadata.get("agent")
+        agent = _agent(metadata)
         picked = {k: metadata[k] for k in self.metadata_keys if k in metadata}
         name = kwargs.get("name")
         started, ts = time.perf_counter(), utc_now()
@@ -387,6 +391,58 @@ class UsageCallbackHandler(BaseCallbackHandler):
         self.errors += 1
         recorder.report_error(f"UsageCallbackHandler.{where}", exc)
 
+    # --- budgets -------------------------------------------------------------------
+
+    @property
+    def raise_error(self) -> bool:
+        """Whether LangChain lets this handler's errors reach the caller (it reads this
+        only once a callback has raised): True with `guard_context` and while a block or
+        throttle budget applies. Every other error of ours is caught where it happens."""
+        return self.guard_context or any(
+            b.action != "warn" for b in budgets.applicable(self.budgets, self.sessions)
+        )
+
+    @raise_error.setter
+    def raise_error(self, value: bool) -> None:
+        """Kept for LangChain's interface; `guard_context` and the budgets decide."""
+
+    def _check_budgets(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: Any,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """The start-of-call budget check (its own budgets, its sessions' and
+        config.toml's): raises `BudgetExceededError` before the request is sent; anything
+        else going wrong is logged once and lets the call through."""
+        meta = metadata or {}
+        params = kwargs.get("invocation_params") or {}
+        around = (*self.sessions, *current_sessions())  # as `recorder.deliver` merges them
+        db = self.db
+        if db is None and around:
+            db = next((s.db for s in reversed(around) if s.db), None)
+
+        def facts() -> CallFacts:
+            model, agent = _requested_model(meta, params), _agent(meta)
+            provider = meta.get("ls_provider") or _provider_from_class(serialized)
+            picked = {k: meta[k] for k in self.metadata_keys if k in meta}
+            return CallFacts(
+                model=str(model) if model else None,
+                provider=provider if isinstance(provider, str) else None,
+                agent=str(agent)[:256] if agent else None,
+                tags=clean_tags(tags),
+                attrs=clean_attrs(*(s.attrs for s in around), picked),
+            )
+
+        def estimate() -> Any:
+            model = _requested_model(meta, params)
+            prompt = prompts[0] if isinstance(prompts, list) and prompts else None
+            return budgets.estimate_call(model and str(model), prompt, max_output_tokens(params))
+
+        budgets.check(self.budgets, facts, db=db, sessions=self.sessions, estimate=estimate)
+
 
 def _requested_model(metadata: dict[str, Any], params: dict[str, Any]) -> Any:
     return (
@@ -396,6 +452,10 @@ def _requested_model(metadata: dict[str, Any], params: dict[str, Any]) -> Any:
         or params.get("model_id")
         or params.get("deployment_name")
     )
+
+
+def _agent(metadata: dict[str, Any]) -> Any:
+    return metadata.get("langgraph_node") or metadata.get("agent")
 
 
 def _provider_from_class(serialized: dict[str, Any] | None) -> str | None:

@@ -54,6 +54,9 @@ try:
 except ModuleNotFoundError as exc:
     raise missing_extra(exc, "llamaindex") from exc
 
+from modelforge import budgets
+from modelforge.budgets import Budget, CallFacts
+from modelforge.context_guard import max_output_tokens
 from modelforge.errors import ContextWindowExceededError
 from modelforge.integrations.llamaindex_calls import (
     MAX_OPEN_CALLS,
@@ -62,7 +65,10 @@ from modelforge.integrations.llamaindex_calls import (
     forget_oldest,
     forget_spans,
     guard_llm_start,
+    provider_of,
+    requested_model,
 )
+from modelforge.records import clean_attrs
 from modelforge.session import UsageSession, current_sessions, guarding
 
 __all__ = [
@@ -212,6 +218,10 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
     plus the output it asks for, does not fit the model's context window. Only this
     handler can: LlamaIndex's instrumentation dispatcher swallows every exception its
     event handlers raise, so `instrument()` records calls but cannot stop one.
+
+    It is also where budgets stop a LlamaIndex call: at the LLM start event, before the
+    request is sent, a reached `block` budget (its own `budgets`, those of the open
+    `track_usage()` blocks, or config.toml's) raises `BudgetExceededError`.
     """
 
     def __init__(
@@ -222,10 +232,12 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
         metadata_keys: Sequence[str] | None = None,
         sessions: Iterable[UsageSession] = (),
         guard_context: bool = False,
+        budgets: Iterable[Budget] = (),
     ) -> None:
         super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
         self.guard_context = guard_context
         self._recorder = CallRecorder(persist, db, metadata_keys, sessions)
+        self.budgets = tuple(budgets)
         self._keys: dict[str, str] = {}
         _use_span_parents(self)
 
@@ -246,6 +258,8 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
             self.guard_context or guarding(current_sessions() + self._recorder.sessions)
         ):
             self._guard_context(payload or {})
+        if event_type == CBEventType.LLM:
+            self._check_budgets(payload or {})
         try:
             if event_type == CBEventType.LLM:
                 self._llm_start(payload or {}, event_id)
@@ -317,6 +331,30 @@ class LlamaIndexCallbackHandler(BaseCallbackHandler):
             operation, prompt = "completion", payload.get(EventPayload.PROMPT)
         model_dict = payload.get(EventPayload.SERIALIZED)
         self._recorder.calls.start(key, key, span_id, operation, model_dict, prompt, None)
+
+    def _check_budgets(self, payload: Mapping[str, Any]) -> None:
+        """The start-of-call budget check: raises `BudgetExceededError` before the
+        request is sent (the callback manager lets it through); anything else going
+        wrong here is swallowed."""
+        sessions = (*self._recorder.sessions, *current_sessions())
+        model_dict = payload.get(EventPayload.SERIALIZED)
+
+        def facts() -> CallFacts:
+            return CallFacts(
+                model=requested_model(model_dict),
+                provider=provider_of(model_dict),
+                attrs=clean_attrs(*(s.attrs for s in sessions)),
+            )
+
+        def estimate() -> Any:
+            prompt = payload.get(EventPayload.MESSAGES, payload.get(EventPayload.PROMPT))
+            kwargs = payload.get(EventPayload.ADDITIONAL_KWARGS)
+            settings = model_dict if isinstance(model_dict, Mapping) else None
+            limit = max_output_tokens(kwargs if isinstance(kwargs, Mapping) else None, settings)
+            return budgets.estimate_call(requested_model(model_dict), prompt, limit)
+
+        db = self._recorder.db
+        budgets.check(self.budgets, facts, db=db, sessions=sessions, estimate=estimate)
 
     def start_trace(self, trace_id: str | None = None) -> None:
         """Traces carry nothing to record."""

@@ -268,7 +268,8 @@ def _model_name(value: Any) -> str | None:
     return None
 
 
-def _requested_model(model_dict: Any) -> str | None:
+def requested_model(model_dict: Any) -> str | None:
+    """The model a LlamaIndex LLM or embedding class was configured with."""
     if not isinstance(model_dict, dict):
         return None
     return _model_name(model_dict.get("model_name")) or _model_name(model_dict.get("model"))
@@ -312,7 +313,7 @@ def guard_llm_start(model_dict: Any, prompt: Any, call_kwargs: Any) -> None:
     """Raise `ContextWindowExceededError` when an LLM call's prompt (a string or chat
     messages), its `tools` and its output cap (the call's `max_tokens`, else the model's
     `num_output`) cannot fit the model's window."""
-    model = _requested_model(model_dict)
+    model = requested_model(model_dict)
     if model is None:
         return
     kwargs = call_kwargs if isinstance(call_kwargs, Mapping) else {}
@@ -338,7 +339,7 @@ def build_record(
     """Turn a finished call (its response, model dict and timings) into a priced record."""
     ended = time.perf_counter()
     provider = provider_of(call.model_dict)
-    model = _requested_model(call.model_dict)
+    model = requested_model(call.model_dict)
     usage: Usage | None = None
     served: str | None = None
     anomalies: tuple[str, ...] = ()
