@@ -592,6 +592,9 @@ def apply(db: sqlite3.Connection, *, stop_after: str | None = None) -> None:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        # Each migration rewrites the schema's pages: copy them into the file before the
+        # next, so the WAL of a new log stays the size of one migration, not of all.
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if migration.__name__ == stop_after:
             return
 
