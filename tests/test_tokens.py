@@ -806,12 +806,12 @@ def test_cli_reads_plain_text_from_stdin() -> None:
     )
     assert result.exit_code == 0, result.output
     # 3 + "user" 1 + "hello there" 2 + 3 = 9 tokens; 9 × 2.50 = 22.5 per 1M;
-    # + 800 × 10 = 8,000 per 1M → $0.0080225
+    # + 800 × 10 = 8,000 per 1M → $0.0080225, shown to three significant digits
     assert result.output.splitlines() == [
         "gpt-4o: 9 tokens (exact, o200k_base)",
         "context: 9 + 800 output of 128,000 tokens (0.01% used by the prompt); fits",
         "input cost: $0.0000225 at $2.5 per 1M tokens",
-        "with 800 output tokens: up to $0.0080225",
+        "with 800 output tokens: up to $0.00802",
     ]
 
 
