@@ -308,6 +308,7 @@ def usage(
     filters = _filters(since, until, model_glob, provider, agent, tag, where)
     group_by = group_by or (("day",) if billed else ())
     groups = report.check_groups(group_by)
+    report.time_zone(tz)
     if billed:
         report.check_billed(groups, filters)
         if breakdown:

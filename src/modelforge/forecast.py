@@ -130,6 +130,7 @@ class Forecast:
     period_start: datetime | None  # month-end: the month's first instant
     filters: dict[str, Any]
     budgets: list[BudgetRunOut] = field(default_factory=list)
+    empty: bool = False  # no matching call at all
 
     @property
     def horizon_hours(self) -> Decimal:
@@ -137,6 +138,8 @@ class Forecast:
 
     @property
     def basis(self) -> str:
+        if self.empty:
+            return "no calls yet"
         if not self.history:
             return "today so far (no complete day in the log yet)"
         first, last = self.history[0], self.history[-1]
@@ -185,7 +188,7 @@ def forecast(
     scope = replace(filters or Filters(), since=None, until=None)
     target, end, period_start = _horizon(until, hours, now)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    history = _history_days(conn, scope, today, days)
+    history, empty = _history_days(conn, scope, today, days)
     groups = ["day", by] if by else ["day"]
     window = replace(scope, since=format_ts(today - _DAY * len(history)), until=format_ts(now))
     sums = aggregate(conn, groups, window)
@@ -200,7 +203,9 @@ def forecast(
         for name in names
     ]
     total = _project(sums, spent, history, today, now, horizon_days, None, False)
-    result = Forecast(now, end, target, history, by, rows, total, period_start, scope.as_dict())
+    result = Forecast(
+        now, end, target, history, by, rows, total, period_start, scope.as_dict(), empty=empty
+    )
     if with_budgets:
         result.budgets = _run_outs(conn, now, days)
     return result
@@ -246,15 +251,16 @@ def _horizon(
 
 def _history_days(
     conn: sqlite3.Connection, scope: Filters, today: datetime, days: int
-) -> list[str]:
+) -> tuple[list[str], bool]:
+    """The complete days the rate comes from, and whether no call matches at all."""
     where, params = scope.sql()
     first = conn.execute(f"SELECT min(calls.ts) FROM calls WHERE {where}", params).fetchone()[0]
     if first is None:
-        return []
+        return [], True
     first_day = datetime.fromisoformat(first[:10]).replace(tzinfo=timezone.utc)
     start = max(today - _DAY * days, first_day)
     count = max(0, (today - start).days)
-    return [(start + _DAY * i).strftime("%Y-%m-%d") for i in range(count)]
+    return [(start + _DAY * i).strftime("%Y-%m-%d") for i in range(count)], False
 
 
 def _project(
