@@ -317,8 +317,6 @@ def usage(
     result = report.usage_report(conn, group_by, filters, tz=tz, breakdown=breakdown)
     if billed:
         result = report.add_billed(conn, result, filters)
-    if "model" in groups:
-        result = report.add_peak_utilization(conn, result, filters)
     _print_report(result, fmt)
     _print_staleness()
     if chart or png:

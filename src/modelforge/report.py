@@ -766,7 +766,10 @@ def usage_report(
         ]
         unpriced.sort(key=lambda item: (-item["calls"], str(item["model"] or "")))
     zone_name = "UTC" if time_zone(tz) is None else str(tz)
-    return UsageReport(groups, rows, totals, unpriced, filters.as_dict(), zone_name, breakdown)
+    result = UsageReport(groups, rows, totals, unpriced, filters.as_dict(), zone_name, breakdown)
+    if "model" in groups:
+        result = add_peak_utilization(conn, result, filters)
+    return result
 
 
 def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Iterator[dict[str, Any]]:
