@@ -469,3 +469,25 @@ def test_catalog_of_given_entries_answers_only_for_them() -> None:
 def test_price_table_errors_name_the_field() -> None:
     with pytest.raises(PriceTableError, match=r"t: model 'acme/m1': field 'cost.output'"):
         parse_api_json({"acme": {"models": {"m1": {"cost": {"input": 1}}}}}, "t")
+
+
+def test_a_fetched_row_without_tiers_keeps_the_curated_long_context_tier() -> None:
+    from dataclasses import replace
+
+    from modelforge import Usage, price
+    from modelforge.pricing.catalog import Catalog, Layer, curated_data, set_catalog
+
+    curated = Layer("curated", curated_data)
+    sonnet = Catalog(layers=[curated]).get("anthropic", "claude-sonnet-4-5")
+    assert sonnet is not None and sonnet.tiers
+    fetched = replace(sonnet, tiers=(), source="fetched:2026-12-01")  # as models.dev lists it
+    set_catalog(Catalog(layers=[Layer.of_entries("fetched", [fetched]), curated]))
+    try:
+        cost = price("claude-sonnet-4-5", Usage(input_tokens=300_000, output_tokens=1_000))
+    finally:
+        set_catalog(None)
+    # Above 200K input the whole call is at $6 / $22.50 per 1M:
+    # 300,000 × 6 + 1,000 × 22.5 = 1,822,500 per 1M = $1.8225
+    assert cost.total == Decimal("1.8225")
+    assert "context_tier>200000" in cost.flags
+    assert cost.source == "fetched:2026-12-01"

@@ -16,6 +16,7 @@ for, so pricing a model the curated table lists never reads the 5,000-model base
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import reprlib
@@ -556,11 +557,19 @@ class Catalog:
 
     def get(self, provider: str, model_id: str) -> CatalogEntry | None:
         key = model_id.lower()
+        found: CatalogEntry | None = None
         for layer in self.layers:
             entry = layer.entry(provider, key)
-            if entry is not None:
+            if entry is None:
+                continue
+            if found is not None:
+                # The fetched models.dev rows list no long-context tiers: a row there
+                # does not mean the curated tier (Sonnet 4.5 over 200K) stopped applying.
+                return dataclasses.replace(found, tiers=entry.tiers) if entry.tiers else found
+            if layer.name != "fetched" or entry.tiers:
                 return entry
-        return None
+            found = entry
+        return found
 
     def by_model(self, model_id: str) -> list[CatalogEntry]:
         """Every provider's entry for `model_id`, in layer order (reads every layer)."""
