@@ -234,19 +234,24 @@ def saved_budget_tables() -> list[dict[str, Any]]:
 _BUDGET_HEADER = re.compile(r"^\s*\[\[\s*(?:budget|\"budget\"|'budget')\s*\]\]")
 
 
-def save_budget_tables(tables: list[dict[str, Any]]) -> Path:
-    """Replace config.toml's `[[budget]]` tables, keeping everything else as it is."""
-    global _generation
-    path = config_path()
+def _read_for_change(path: Path) -> tuple[str, dict[str, Any]]:
+    """The config file's text and parsed settings, before a change; refuses a broken file."""
     try:
         text = path.read_text(encoding="utf-8")
-        raw = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except FileNotFoundError:
-        text, raw = "", {}
+        return "", {}
     except (OSError, ValueError, RecursionError) as exc:
         raise ConfigError(
             str(path), f"cannot change the config file: {describe_file_error(exc)}"
         ) from None
+
+
+def save_budget_tables(tables: list[dict[str, Any]]) -> Path:
+    """Replace config.toml's `[[budget]]` tables, keeping everything else as it is."""
+    global _generation
+    path = config_path()
+    text, raw = _read_for_change(path)
     raw.pop("budget", None)
     if tables:
         raw["budget"] = tables
@@ -416,15 +421,7 @@ def save_setting(name: str, value: Any) -> Path:
     if value is not None and setting.read(value) is None:
         raise ConfigError(name, f"must be {setting.wanted}")
     path = config_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = tomllib.loads(text)
-    except FileNotFoundError:
-        text, raw = "", {}
-    except (OSError, ValueError, RecursionError) as exc:
-        raise ConfigError(
-            str(path), f"cannot change the config file: {describe_file_error(exc)}"
-        ) from None
+    text, raw = _read_for_change(path)
     if value is None:
         raw.pop(name, None)
     else:
