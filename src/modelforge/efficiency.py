@@ -23,21 +23,11 @@ from modelforge.pricing.cost import cost_for
 from modelforge.pricing.resolve import get_resolver
 from modelforge.records import price_call
 from modelforge.report import Filters, ReportError, aggregate, group_expression
-from modelforge.usage import Usage
+from modelforge.usage import TOKEN_FIELDS, Usage
 
 EFFICIENCY_SCHEMA = "modelforge.efficiency/1"
 BY_CHOICES = ("model", "agent")
 DEFAULT_SINCE = "7d"
-_TOKEN_NAMES = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "reasoning_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-)
 
 
 @dataclass
@@ -246,7 +236,7 @@ def _repriced_at(
 ) -> tuple[Repriced, set[int]]:
     where, params = filters.sql()
     group = group_expression(by) if by else "NULL"
-    tokens = ", ".join(f"sum(coalesce(calls.{name}, 0))" for name in _TOKEN_NAMES)
+    tokens = ", ".join(f"sum(coalesce(calls.{name}, 0))" for name in TOKEN_FIELDS)
     sql = f"""SELECT {group}, calls.model, calls.response_model, calls.provider,
     calls.service_tier, coalesce(calls.cache_hit, 0), {_tier_bucket(sizes)},
     min(coalesce(calls.input_tokens, 0)), count(*), {tokens},
@@ -258,11 +248,11 @@ WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6, 7"""
     seen: set[int] = set()
     for row in conn.execute(sql, params):
         name, model, served, provider, tier, cache_hit, _, smallest, calls = row[:9]
-        sums = row[9 : 9 + len(_TOKEN_NAMES)]
+        sums = row[9 : 9 + len(TOKEN_FIELDS)]
         unpriced = row[-1]
         try:
             usage = Usage.model_validate(
-                {"service_tier": tier, **{n: int(v) for n, v in zip(_TOKEN_NAMES, sums)}}
+                {"service_tier": tier, **{n: int(v) for n, v in zip(TOKEN_FIELDS, sums)}}
             )
         except ValidationError:
             result.append((name, Decimal(0), Decimal(0), calls))  # parts over their whole

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelforge.errors import ModelForgeError
 from modelforge.records import CallRecord, clean_attrs
-from modelforge.usage import Usage
+from modelforge.usage import TOKEN_FIELDS, Usage
 
 if TYPE_CHECKING:
     from modelforge.budgets import Budget
@@ -265,17 +265,7 @@ def _usage(records: Iterable[CallRecord]) -> Usage:
 
 
 def _usage_of(sums: dict[str, Any]) -> Usage:
-    names = (
-        "input_tokens",
-        "output_tokens",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "cache_write_1h_tokens",
-        "reasoning_tokens",
-        "input_audio_tokens",
-        "output_audio_tokens",
-    )
-    return Usage.model_validate({name: int(sums[name]) for name in names})
+    return Usage.model_validate({name: int(sums[name]) for name in TOKEN_FIELDS})
 
 
 def _moment(ts: str) -> datetime:

@@ -23,6 +23,17 @@ MAX_TOKENS = 10**12
 # "default"/"auto" tiers are billed at the standard price, so they are not worth recording.
 STANDARD_SERVICE_TIERS = frozenset({"default", "auto", "standard", "on_demand", "on-demand"})
 
+# Every token count a `Usage` holds, in field order (total_tokens aside: it is derived).
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+)
 _INPUT_PARTS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens")
 _OUTPUT_PARTS = ("reasoning_tokens", "output_audio_tokens")
 
